@@ -1,0 +1,1 @@
+"""Code both sockgate services use: settings pieces, token verification, metrics, logging."""
