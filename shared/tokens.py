@@ -32,8 +32,8 @@ ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud")
 
 _SEGMENT = r"[A-Za-z0-9_-]+"
-_JWS_SHAPE = re.compile(rf"^{_SEGMENT}\.{_SEGMENT}\.{_SEGMENT}$")
-_KID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_JWS_SHAPE = re.compile(rf"^{_SEGMENT}\.{_SEGMENT}\.{_SEGMENT}\Z")
+_KID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 _MAX_HEADER_BYTES = 1024
 
 
