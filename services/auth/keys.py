@@ -171,7 +171,6 @@ class KeyRing:
         self._dir = keys_dir
         self._access_ttl = access_ttl
         self._keys: list[SigningKey] = []
-        self._by_kid: dict[str, SigningKey] = {}
         self._mtime_ns = -1
         self._checked_at = 0.0
 
@@ -192,7 +191,6 @@ class KeyRing:
         if not keys:
             raise KeyFolderError(f"no signing key in {self._dir}")
         self._keys, self._mtime_ns = keys, mtime_ns
-        self._by_kid = {key.kid: key for key in keys}
 
     @property
     def signer(self) -> SigningKey:
@@ -215,8 +213,9 @@ class KeyRing:
 
     # KeySource, so the service verifies its own tokens with shared.tokens.TokenVerifier.
     def get(self, kid: str) -> RSAPublicKey | None:
-        self._reload()
-        key = self._by_kid.get(kid)
+        """The public key for ``kid`` while it is published: the service trusts what the
+        gateways trust, so a retired key whose tokens have all expired verifies nothing."""
+        key = next((k for k in self.published() if k.kid == kid), None)
         return key.public_key if key is not None else None
 
     async def get_unknown(self, kid: str) -> RSAPublicKey | None:

@@ -105,7 +105,7 @@ def test_non_json_and_wrong_content_are_clean_4xx(shared_auth: AuthService) -> N
         array = client.post("/v1/auth/login", json=[1, 2, 3])
         missing = client.get("/v1/nope")
         wrong_method = client.get("/v1/auth/login")
-    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "bad_request"
+    assert garbage.status_code == 422 and garbage.json()["error"]["code"] == "invalid_request"
     assert array.status_code == 422
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong_method.status_code == 405
