@@ -49,9 +49,7 @@ def procfile(gateways: int, redis_port: int) -> str:
 
 def banner(gateways: int) -> str:
     """What the developer sees first: where things listen and how to try them."""
-    gateway_urls = ", ".join(
-        f"http://127.0.0.1:{FIRST_GATEWAY_PORT + i}" for i in range(gateways)
-    )
+    gateway_urls = ", ".join(f"http://127.0.0.1:{FIRST_GATEWAY_PORT + i}" for i in range(gateways))
     return f"""
 sockgate local cluster
   auth service   http://127.0.0.1:{AUTH_PORT}   (SQLite in var/auth.db, keys in var/keys)
