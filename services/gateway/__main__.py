@@ -1,0 +1,130 @@
+"""``python -m services.gateway``: one gateway replica under uvicorn, settings from the env.
+
+uvicorn runs with per-message deflate off (a zlib context per connection costs memory and CPU
+on every frame; see docs on performance), the sans-I/O websockets protocol by default, uvloop
+and httptools. The first SIGTERM drains (``Gateway.drain``) before uvicorn stops; a second
+SIGTERM or SIGINT stops at once. Whatever happens, the process exits within
+``GATEWAY_DRAIN_GRACE`` seconds of the first signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+
+import uvicorn
+
+from services.gateway.app import Gateway, create_app
+from services.gateway.settings import GatewaySettings
+from shared.logging import configure_logging
+
+log = logging.getLogger("services.gateway")
+
+# Left for uvicorn after the drain: closing what remains and the lifespan shutdown.
+_SHUTDOWN_SECONDS = 2
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with SIGTERM turned into a drain bounded by the grace period."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway, grace: float) -> None:
+        super().__init__(config)
+        self._gateway = gateway
+        self._grace = grace
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serves until stopped, remembering the loop for the signal handler."""
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first SIGTERM starts the drain; anything else is uvicorn's usual exit."""
+        if sig != signal.SIGTERM or self._drain_task is not None or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        # Signal handlers run between bytecodes of the loop's thread: hand over to the loop.
+        self._loop.call_soon_threadsafe(self._start_drain)
+        # The hard bound, independent of the loop: even a wedged loop cannot outlive it.
+        watchdog = threading.Timer(self._grace, _exit_now)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _start_drain(self) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        budget = max(0.0, self._grace - _SHUTDOWN_SECONDS)
+        try:
+            async with asyncio.timeout(budget):
+                await self._gateway.drain()
+        except TimeoutError:
+            log.warning("drain did not finish in time; stopping anyway")
+        except Exception:
+            log.exception("drain failed; stopping anyway")
+        self.should_exit = True
+
+
+class _ConnectionLogFilter(logging.Filter):
+    """Drops uvicorn's per-connection lines and strips query strings from the rest.
+
+    uvicorn logs every websocket request line (query string included) and every open/close at
+    INFO: noise at tens of thousands of sockets, and a token a client wrongly put in the query
+    string would land in the log.
+    """
+
+    _DROPPED = ("connection open", "connection closed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to keep ``record`` (query strings stripped from its arguments)."""
+        if isinstance(record.msg, str) and (
+            record.msg in self._DROPPED or '"WebSocket %s"' in record.msg
+        ):
+            return False
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                arg.partition("?")[0] if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
+
+def _exit_now() -> None:
+    logging.getLogger("services.gateway").error("grace period over; exiting")
+    logging.shutdown()
+    os._exit(1)
+
+
+def main() -> None:
+    """Reads ``GatewaySettings`` from the environment and serves until drained."""
+    settings = GatewaySettings()
+    configure_logging(settings)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_ConnectionLogFilter())
+    gateway = create_app(settings)
+    config = uvicorn.Config(
+        gateway,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws=settings.ws,
+        ws_per_message_deflate=False,
+        ws_max_size=settings.max_frame_bytes,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=_SHUTDOWN_SECONDS,
+    )
+    DrainingServer(config, gateway, settings.drain_grace).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""How an emit to a room reaches its sockets: locally, and through Redis to other replicas.
+
+``LocalManager`` is python-socketio's in-memory manager (single-node mode). ``RedisManager``
+is its pub/sub manager with the transport written for the gateway:
+
+- publishing goes through the shared redis-py client, and is skipped at once (counted as a
+  failure) while the subscription is down, so an outage never stalls a sender: the local part
+  of every emit still happens before the publish;
+- receiving is fed by ``RedisSubscriber`` instead of python-socketio's own listener task, and
+  every message is validated before python-socketio sees it. Only ``emit`` of the gateway's
+  server events to a policy room (never a socket id, never "everyone") is accepted: the stock
+  manager would also obey ``disconnect``/``close_room``/``enter_room`` messages from anyone who
+  can publish on the channel.
+
+Both count deliveries: one per local recipient of every emit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import socketio
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from socketio.async_pubsub_manager import AsyncPubSubManager
+
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.rooms import is_targetable
+from services.gateway.subscriber import RedisSubscriber
+
+log = logging.getLogger(__name__)
+
+SERVER_EVENTS = frozenset({"message", "presence", "notification"})
+"""Events that may travel between replicas."""
+_MAX_ID = 64
+
+
+class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketio is untyped
+    """Counts local recipients of every emit, whichever manager sits above it."""
+
+    _metrics: GatewayMetrics
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: str | None = None,
+        skip_sid: str | None = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Delivers to local members, counting them."""
+        target = to or room
+        members = self.rooms.get(namespace, {}).get(target) if isinstance(target, str) else None
+        if members:
+            count = len(members) - (1 if skip_sid is not None and skip_sid in members else 0)
+            if count > 0:
+                self._metrics.deliveries.inc(count)
+        await super().emit(
+            event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs
+        )
+
+
+class LocalManager(_DeliveryCounting):
+    """Rooms in memory, for a replica running alone."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+
+class RedisManager(AsyncPubSubManager, _DeliveryCounting):  # type: ignore[misc]
+    """Rooms shared by every replica through one Redis channel (see the module doc)."""
+
+    name = "sockgate-redis"
+
+    def __init__(self, redis: Redis, *, channel: str, metrics: GatewayMetrics) -> None:
+        super().__init__(channel=channel, logger=log)
+        self._redis = redis
+        self._metrics = metrics
+        self.subscriber: RedisSubscriber | None = None
+
+    def initialize(self) -> None:
+        """Starts nothing: ``RedisSubscriber`` feeds ``handle_message`` instead of a listener."""
+
+    async def _publish(self, data: dict[str, Any]) -> None:
+        if self.subscriber is None or not self.subscriber.up:
+            self._metrics.redis_publish_failures.inc()
+            return
+        try:
+            await self._redis.publish(self.channel, orjson.dumps(data))
+        except (RedisError, OSError) as exc:
+            self._metrics.redis_publish_failures.inc()
+            log.warning("could not publish to Redis", extra={"error": type(exc).__name__})
+
+    async def handle_message(self, raw: bytes) -> None:
+        """One message from the fan-out channel; ``ValueError`` when it is refused."""
+        message = parse_emit(raw)
+        if message["host_id"] == self.host_id:
+            return  # our own publish, already delivered locally
+        await self._handle_emit(message)
+
+
+def parse_emit(raw: bytes) -> dict[str, Any]:
+    """The emit a channel message asks for, rebuilt from checked fields; else ``ValueError``."""
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("not JSON") from None
+    if not isinstance(message, dict):
+        raise ValueError("not an object")
+    if message.get("method") != "emit":
+        raise ValueError("method is not emit")
+    host_id, event, data = message.get("host_id"), message.get("event"), message.get("data")
+    room, skip_sid = message.get("room"), message.get("skip_sid")
+    if not isinstance(host_id, str) or not 0 < len(host_id) <= _MAX_ID:
+        raise ValueError("bad host_id")
+    if event not in SERVER_EVENTS:
+        raise ValueError("event is not a server event")
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+        raise ValueError("data is not one object")
+    if message.get("binary", False) is not False or message.get("callback") is not None:
+        raise ValueError("binary payloads and callbacks are not relayed")
+    if message.get("namespace", "/") != "/":
+        raise ValueError("unknown namespace")
+    if not is_targetable(room):
+        raise ValueError("room is not a policy room")
+    if skip_sid is not None and (not isinstance(skip_sid, str) or len(skip_sid) > _MAX_ID):
+        raise ValueError("bad skip_sid")
+    return {
+        "method": "emit",
+        "event": event,
+        "data": data,
+        "binary": False,
+        "namespace": "/",
+        "room": room,
+        "skip_sid": skip_sid,
+        "callback": None,
+        "host_id": host_id,
+    }

@@ -1,0 +1,268 @@
+"""python-socketio's ``AsyncServer`` hardened for hostile clients.
+
+Stock python-socketio decodes whatever a client sends and, when a packet is malformed, logs a
+traceback and keeps the connection open; it also accepts binary packets whose attachments it
+buffers without bound, and dispatches client events named ``connect`` or ``disconnect`` to the
+server's own lifecycle handlers. ``GatewayServer`` narrows the accepted protocol to what the
+gateway's clients send:
+
+- text frames only; packet types CONNECT, DISCONNECT and EVENT only (the gateway never asks a
+  client for an ack and accepts no binary payloads);
+- CONNECT data is an object or nothing; EVENT data is a list that starts with an event name
+  that is not reserved;
+- JSON is decoded by orjson, which refuses nesting deeper than 1024 and numbers that do not
+  fit (no quadratic big-int parsing).
+
+Anything else closes that client's connection at once and is counted, and nothing else is
+affected. One layer down, ``EngineServer`` does the same for Engine.IO frames and polling
+bodies, and closes sessions without waiting on the client. The server also tells the
+``HandshakeGate`` when Engine.IO sessions open and close, and offers ``close_session`` /
+``kick`` that never block the caller.
+
+This overrides ``_handle_eio_*`` methods of python-socketio and two entries of
+python-engineio's ASGI driver table (both pinned in pyproject.toml): they are the one place
+where every packet passes, and subclasses keep the rest of the libraries unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import engineio
+import orjson
+import socketio
+from engineio.async_drivers import asgi as asgi_driver
+from engineio.exceptions import EngineIOError
+from socketio import packet as sio_packet
+
+from services.gateway.limits import HandshakeGate
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/"
+# Names the JavaScript client reserves, plus python-socketio's own lifecycle events.
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+MAX_EVENT_NAME = 64
+# Bounds every background close, so no client can keep a closing task alive.
+_CLOSE_TIMEOUT = 5.0
+_ACCEPTED_TYPES = frozenset("012")  # CONNECT, DISCONNECT, EVENT
+_ENGINEIO_TYPES = frozenset("0123456")  # OPEN … NOOP
+
+
+class ProtocolError(ValueError):
+    """A client sent something outside the accepted protocol."""
+
+
+class OrjsonCodec:
+    """The ``json`` module python-socketio and python-engineio use, backed by orjson."""
+
+    @staticmethod
+    def dumps(obj: Any, **_options: Any) -> str:
+        """Compact JSON text (orjson never adds whitespace, so ``separators`` is moot)."""
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(text: str | bytes, **_options: Any) -> Any:
+        """Parses JSON; raises ``orjson.JSONDecodeError`` (a ``ValueError``) on bad input."""
+        return orjson.loads(text)
+
+
+def decode_packet(data: object) -> Any:
+    """The Socket.IO packet in ``data`` if the gateway accepts it, else ``ProtocolError``."""
+    if not isinstance(data, str):
+        raise ProtocolError("binary frames are not accepted")
+    if data[:1] not in _ACCEPTED_TYPES:
+        raise ProtocolError("packet type not accepted")
+    try:
+        pkt = sio_packet.Packet(encoded_packet=data)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ProtocolError(f"undecodable packet: {type(exc).__name__}") from None
+    if pkt.packet_type == sio_packet.CONNECT:
+        if pkt.data is not None and not isinstance(pkt.data, dict):
+            raise ProtocolError("CONNECT data must be an object")
+    elif pkt.packet_type == sio_packet.EVENT:
+        payload = pkt.data
+        if not isinstance(payload, list) or not payload:
+            raise ProtocolError("EVENT data must be a non-empty list")
+        name = payload[0]
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_EVENT_NAME:
+            raise ProtocolError("EVENT name must be a short string")
+        if name in RESERVED_EVENTS:
+            raise ProtocolError("EVENT name is reserved")
+    return pkt
+
+
+class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # engineio is untyped
+    """The ASGI websocket wrapper, ending the connection on a frame that is not Engine.IO.
+
+    python-engineio logs a traceback for every text frame with an unknown packet type and
+    keeps reading, and raises out of its handler on an empty or ``b``-prefixed one; raising
+    ``OSError`` here makes it close the socket cleanly instead.
+    """
+
+    async def wait(self) -> str | bytes:
+        """The next frame; ``OSError`` for one that is not an Engine.IO packet."""
+        data: str | bytes = await super().wait()
+        if isinstance(data, str) and data[:1] not in _ENGINEIO_TYPES:
+            raise OSError("not an Engine.IO packet")
+        return data
+
+
+class MalformedPayload(EngineIOError):  # type: ignore[misc]
+    """A polling POST body that is not a sequence of Engine.IO text packets."""
+
+
+class _CheckedBody:
+    """A polling POST body reader that refuses anything but Engine.IO text packets.
+
+    python-engineio answers a body it cannot decode with a logged traceback and keeps the
+    session; an ``EngineIOError`` from the read makes it close the session with a 400.
+    """
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    async def read(self, length: int | None = None) -> bytes:
+        """The body; ``MalformedPayload`` when it is not Engine.IO text packets."""
+        data: bytes = await self._body.read(length)
+        if data and any(
+            part[:1].decode("latin-1") not in _ENGINEIO_TYPES for part in data.split(b"\x1e")
+        ):
+            raise MalformedPayload("not an Engine.IO payload")
+        return data
+
+
+async def _translate_request(scope: Any, receive: Any, send: Any) -> dict[str, Any]:
+    environ: dict[str, Any] = await asgi_driver.translate_request(scope, receive, send)
+    if environ.get("REQUEST_METHOD") == "POST" and "wsgi.input" in environ:
+        environ["wsgi.input"] = _CheckedBody(environ["wsgi.input"])
+    return environ
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is untyped
+    """python-engineio's server with checked frames and a ``disconnect`` that never waits.
+
+    Websocket frames and polling bodies that are not Engine.IO text packets end the session
+    (see ``_GuardedWebSocket`` and ``_CheckedBody``).
+
+    The stock ``disconnect(sid)`` queues a CLOSE packet and then waits until the client has
+    collected it: a polling client that stops polling (after an oversized POST, say) holds
+    that request forever, and a websocket client that does not hang up keeps its socket open.
+    Here the CLOSE packet is followed by the queue's end marker, which makes the websocket
+    writer close the websocket and the polling transport answer its last poll; the session
+    is forgotten at once.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The driver table python-engineio picked for async_mode="asgi", with two entries
+        # replaced by checked versions.
+        drivers: dict[str, Any] = dict(getattr(self, "_async", {}))
+        drivers.update(websocket=_GuardedWebSocket, translate_request=_translate_request)
+        setattr(self, "_async", drivers)  # noqa: B010 - attribute mypy cannot see through
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        """Closes one session (or all) without waiting on the client."""
+        if sid is None:
+            await super().disconnect()
+            return
+        socket = self.sockets.pop(sid, None)
+        if socket is None or socket.closed or socket.closing:
+            return
+        await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        socket.queue.put_nowait(None)
+
+
+class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]  # socketio is untyped
+    """An ``AsyncServer`` that accepts only the gateway's protocol (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        handshake_limit: int,
+        handshake_timeout: float,
+        on_protocol_error: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(json=OrjsonCodec, **kwargs)
+        self.gate = HandshakeGate(
+            limit=handshake_limit, timeout=handshake_timeout, expire=self.close_session
+        )
+        self._on_protocol_error = on_protocol_error
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- Engine.IO events -------------------------------------------------------------------
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        self.gate.opened(eio_sid)
+        await super()._handle_eio_connect(eio_sid, environ)
+
+    def _engineio_server_class(self) -> type[EngineServer]:
+        return EngineServer
+
+    async def _handle_eio_message(self, eio_sid: str, data: object) -> None:
+        if eio_sid not in self.eio.sockets:
+            return  # closed by the server; the client has not hung up yet
+        try:
+            pkt = decode_packet(data)
+        except ProtocolError as exc:
+            self._on_protocol_error()
+            log.warning("closing a connection that broke the protocol", extra={"reason": str(exc)})
+            self.close_session(eio_sid)
+            return
+        if pkt.packet_type == sio_packet.CONNECT:
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        elif pkt.packet_type == sio_packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        else:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            # After the disconnect handlers, which may have re-armed the session's timer.
+            self.gate.closed(eio_sid)
+
+    # -- closing without blocking the caller ------------------------------------------------
+
+    def close_session(self, eio_sid: str) -> None:
+        """Closes an Engine.IO session and its transport, in the background.
+
+        Clients see a transport close and reconnect on their own, which is what drain wants.
+        """
+        self.spawn(self.eio.disconnect(eio_sid))
+
+    def kick(self, sid: str) -> None:
+        """Ends a socket with a Socket.IO DISCONNECT, then closes its transport.
+
+        The client sees "io server disconnect" and does not reconnect by itself: used when
+        the client's credentials or behaviour are the reason.
+        """
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+
+        async def _disconnect() -> None:
+            # ignore_queue: the socket is local; never ask other replicas to look for it.
+            await super(GatewayServer, self).disconnect(sid, ignore_queue=True)
+            if eio_sid is not None:
+                await self.eio.disconnect(eio_sid)
+
+        self.spawn(_disconnect())
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Runs ``coro`` in the background with a time bound, keeping a reference to it."""
+        task = asyncio.ensure_future(asyncio.wait_for(coro, _CLOSE_TIMEOUT))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, TimeoutError):
+                log.warning("closing a connection failed", exc_info=exc)
