@@ -54,6 +54,7 @@ def banner(gateways: int) -> str:
 sockgate local cluster
   auth service   http://127.0.0.1:{AUTH_PORT}   (SQLite in var/auth.db, keys in var/keys)
   gateways       {gateway_urls}
+  demo           http://127.0.0.1:{AUTH_PORT}/demo/   (open exactly this origin)
   metrics        /metrics on each of them
 
 Try it (in another terminal):
@@ -85,6 +86,12 @@ def main() -> None:
         "AUTH_PORT": str(AUTH_PORT),
         "AUTH_ISSUER": f"http://127.0.0.1:{AUTH_PORT}",
         "JWT_ISSUER": f"http://127.0.0.1:{AUTH_PORT}",
+        # The demo page is served by the auth service; gateways accept its origin only.
+        "AUTH_DEMO": "true",
+        "AUTH_DEMO_GATEWAYS": ",".join(
+            f"http://127.0.0.1:{FIRST_GATEWAY_PORT + i}" for i in range(gateways)
+        ),
+        "GATEWAY_CORS_ORIGINS": f"http://127.0.0.1:{AUTH_PORT}",
     }
     print(banner(gateways), flush=True)
     honcho = str(Path(sys.executable).parent / "honcho")

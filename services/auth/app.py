@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from services.auth.accounts import Accounts
+from services.auth.demo import mount_demo
 from services.auth.http_errors import install_error_handlers
 from services.auth.keys import KeyRing
 from services.auth.metrics import AuthMetrics
@@ -118,6 +119,8 @@ def create_app(
     app.include_router(api)
     app.include_router(wellknown)
     app.include_router(ops)
+    if settings.demo:
+        mount_demo(app, gateway_urls=settings.demo_gateway_list, page_origin=settings.issuer)
     app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.cors_origin_list:
         app.add_middleware(

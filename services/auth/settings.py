@@ -42,6 +42,14 @@ class AuthSettings(LogSettings, RedisSettings):
     max_body_bytes: int = Field(65536, ge=1024)
     cors_origins: str = ""
 
+    # AUTH_DEMO=true serves the demo page (web/) at /demo/, using the gateways listed.
+    demo: bool = False
+    demo_gateways: str = "http://127.0.0.1:8001,http://127.0.0.1:8002"
+
+    @property
+    def demo_gateway_list(self) -> list[str]:
+        return [g.strip() for g in self.demo_gateways.split(",") if g.strip()]
+
     @field_validator("issuer")
     @classmethod
     def _issuer_is_url(cls, value: str) -> str:
