@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from services.auth.accounts import Accounts
+from services.auth.clients import ServiceClients
 from services.auth.demo import mount_demo
 from services.auth.http_errors import install_error_handlers
 from services.auth.keys import KeyRing
@@ -63,15 +64,13 @@ def create_app(
             if settings.redis_url
             else None
         )
+        issuer = AccessTokenIssuer(
+            keys, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
+        )
         accounts = Accounts(
             store=user_store,
             passwords=passwords,
-            issuer=AccessTokenIssuer(
-                keys,
-                issuer=settings.issuer,
-                audience=settings.audience,
-                ttl=settings.access_ttl,
-            ),
+            issuer=issuer,
             verifier=TokenVerifier(issuer=settings.issuer, audience=settings.audience, keys=keys),
             throttle=LoginThrottle(
                 free_failures=settings.login_free_failures, max_delay=settings.login_max_delay
@@ -90,6 +89,7 @@ def create_app(
             keys=keys,
             passwords=passwords,
             accounts=accounts,
+            clients=ServiceClients(settings.service_clients, issuer=issuer, metrics=metrics),
             address_limiter=AddressLimiter(
                 per_minute=settings.ip_rate_per_minute, burst=settings.ip_burst
             ),

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.auth.clients import InvalidClient, InvalidScope
 from services.auth.errors import (
     Busy,
     InvalidCredentials,
@@ -86,6 +87,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             401, exc.code, exc.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         )
+
+    @app.exception_handler(InvalidClient)
+    async def invalid_client(_: Request, exc: InvalidClient) -> JSONResponse:
+        return error_response(
+            401,
+            "invalid_client",
+            "invalid client credentials",
+            headers={"WWW-Authenticate": 'Basic realm="sockgate"'},
+        )
+
+    @app.exception_handler(InvalidScope)
+    async def invalid_scope(_: Request, exc: InvalidScope) -> JSONResponse:
+        return error_response(400, "invalid_scope", str(exc))
 
     @app.exception_handler(UserExists)
     async def user_exists(_: Request, exc: UserExists) -> JSONResponse:

@@ -44,8 +44,14 @@ class AuthMetrics:
         )
         self.tokens_issued = Counter(
             "auth_tokens_issued_total",
-            "Tokens issued by type: access, refresh.",
+            "Tokens issued by type: access, refresh, service.",
             ["type"],
+            registry=registry,
+        )
+        self.client_grants = Counter(
+            "auth_client_grants_total",
+            "Client-credentials grants by result: issued, invalid_client, invalid_scope.",
+            ["result"],
             registry=registry,
         )
         self.revocations = Counter(

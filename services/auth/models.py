@@ -13,6 +13,9 @@ Username = Annotated[
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
 LoginName = Annotated[str, StringConstraints(min_length=1, max_length=254)]
 LoginPassword = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ClientId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ClientSecret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ScopeList = Annotated[str, StringConstraints(max_length=256)]
 RefreshToken = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,128}$", min_length=20, max_length=128)
 ]
@@ -48,6 +51,13 @@ class TokenResponse(BaseModel):
     token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - the scheme name
     expires_in: int
     refresh_token: str
+
+
+class ServiceTokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - the scheme name
+    expires_in: int
+    scope: str
 
 
 class ErrorDetail(BaseModel):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from services.auth.clients import InvalidClient
 from services.auth.deps import AccountsDep, ClientAddress, CurrentUser, State
 from services.auth.models import (
+    ClientId,
+    ClientSecret,
     ErrorBody,
     Health,
     Jwks,
@@ -16,6 +21,8 @@ from services.auth.models import (
     OpenIdConfiguration,
     RefreshRequest,
     RegisterRequest,
+    ScopeList,
+    ServiceTokenResponse,
     TokenResponse,
     UserPublic,
 )
@@ -27,6 +34,7 @@ JWKS_MAX_AGE = 300
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
+        400: "The requested scope is not granted to this client.",
         401: "Not authenticated, or the credentials or token are not valid.",
         409: "The username or email is already registered.",
         413: "The request body is too large.",
@@ -110,6 +118,44 @@ async def me(user: CurrentUser) -> UserPublic:
     return _public(user)
 
 
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """``(client_id, secret)`` from an ``Authorization: Basic`` header, if there is one."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidClient("malformed Basic credentials") from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise InvalidClient("malformed Basic credentials")
+    return client_id, secret
+
+
+@api.post("/auth/token", responses=_errors(400, 401, 413, 422))
+async def service_token(
+    state: State,
+    request: Request,
+    grant_type: Annotated[Literal["client_credentials"], Form()],
+    client_id: Annotated[ClientId | None, Form()] = None,
+    client_secret: Annotated[ClientSecret | None, Form()] = None,
+    scope: Annotated[ScopeList | None, Form()] = None,
+) -> ServiceTokenResponse:
+    """OAuth 2.0 client-credentials grant (RFC 6749 §4.4) for backends: a scoped service token.
+
+    Credentials come as HTTP Basic or as ``client_id``/``client_secret`` form fields.
+    """
+    basic = _basic_credentials(request.headers.get("authorization"))
+    if basic is not None:
+        client_id, client_secret = basic
+    if not client_id or client_secret is None:
+        raise InvalidClient("client credentials are missing")
+    granted = state.clients.grant(client_id, client_secret, scope)
+    return ServiceTokenResponse(
+        access_token=granted.access_token, expires_in=granted.expires_in, scope=granted.scope
+    )
+
+
 wellknown = APIRouter()
 
 
@@ -128,10 +174,10 @@ async def openid_configuration(state: State, response: Response) -> OpenIdConfig
     return OpenIdConfiguration(
         issuer=issuer,
         jwks_uri=f"{issuer}/.well-known/jwks.json",
-        token_endpoint=f"{issuer}/v1/auth/login",
+        token_endpoint=f"{issuer}/v1/auth/token",
         id_token_signing_alg_values_supported=["RS256"],
-        token_endpoint_auth_methods_supported=["none"],
-        grant_types_supported=["password", "refresh_token"],
+        token_endpoint_auth_methods_supported=["client_secret_basic", "client_secret_post"],
+        grant_types_supported=["client_credentials"],
         response_types_supported=["token"],
         subject_types_supported=["public"],
     )

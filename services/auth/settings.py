@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import COMMON_CONFIG, LogSettings, RedisSettings
+
+
+class ServiceClient(BaseModel):
+    """A backend allowed the client-credentials grant, and the scopes it may ask for."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    secret: SecretStr = Field(min_length=32)
+    scopes: list[Literal["publish"]] = Field(min_length=1)
 
 
 class AuthSettings(LogSettings, RedisSettings):
@@ -39,6 +55,10 @@ class AuthSettings(LogSettings, RedisSettings):
     ip_burst: int = Field(30, ge=1)
     trust_forwarded_for: bool = False
 
+    # Backends that may obtain service tokens (``POST /v1/auth/token``), as JSON:
+    # [{"id": "backend", "secret": "<32+ characters>", "scopes": ["publish"]}]. No default.
+    service_clients: list[ServiceClient] = Field(default_factory=list)
+
     max_body_bytes: int = Field(65536, ge=1024)
     cors_origins: str = ""
 
@@ -69,6 +89,13 @@ class AuthSettings(LogSettings, RedisSettings):
         if self.refresh_ttl <= self.access_ttl:
             raise ValueError("AUTH_REFRESH_TTL must be longer than AUTH_ACCESS_TTL")
         return self
+
+    @field_validator("service_clients")
+    @classmethod
+    def _unique_clients(cls, value: list[ServiceClient]) -> list[ServiceClient]:
+        if len({client.id for client in value}) != len(value):
+            raise ValueError("AUTH_SERVICE_CLIENTS has two clients with the same id")
+        return value
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -8,6 +8,7 @@ import redis.asyncio as redis
 from prometheus_client import CollectorRegistry
 
 from services.auth.accounts import Accounts
+from services.auth.clients import ServiceClients
 from services.auth.keys import KeyRing
 from services.auth.metrics import AuthMetrics
 from services.auth.passwords import Passwords
@@ -25,6 +26,7 @@ class AppState:
     keys: KeyRing
     passwords: Passwords
     accounts: Accounts
+    clients: ServiceClients
     address_limiter: AddressLimiter
     metrics: AuthMetrics
     registry: CollectorRegistry

@@ -37,21 +37,36 @@ class AccessTokenIssuer:
         self._audience = audience
         self.ttl = ttl
 
-    def issue(self, user: UserRecord, now: float, extra: dict[str, Any] | None = None) -> str:
+    def issue(self, user: UserRecord, now: float) -> str:
         """An access token for ``user``.
 
         ``iat`` is never earlier than the user's revoked-before time, so a token issued in the
         same second as a logout-all is not born revoked (see shared.revocation).
         """
         iat = max(int(now), user.revoked_before or 0)
+        return self._sign(sub=user.id, name=user.username, iat=iat, now=now)
+
+    def issue_for_client(self, client_id: str, scopes: list[str], now: float) -> str:
+        """A service token for a backend: ``sub`` ``client:{id}`` and the granted ``scope``."""
+        return self._sign(
+            sub=f"client:{client_id}",
+            name=client_id,
+            iat=int(now),
+            now=now,
+            extra={"scope": " ".join(scopes), "client_id": client_id},
+        )
+
+    def _sign(
+        self, *, sub: str, name: str, iat: int, now: float, extra: dict[str, Any] | None = None
+    ) -> str:
         claims: dict[str, Any] = {
             "iss": self._issuer,
-            "sub": user.id,
+            "sub": sub,
             "aud": self._audience,
             "iat": iat,
             "exp": int(now) + self.ttl,
             "jti": uuid.uuid4().hex,
-            "name": user.username,
+            "name": name,
             **(extra or {}),
         }
         signer = self._keys.signer
