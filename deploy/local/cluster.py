@@ -7,7 +7,9 @@ output with its process name and stops everything on Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shlex
 import shutil
 import sys
@@ -47,6 +49,16 @@ def procfile(gateways: int, redis_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dev_service_client(var: Path) -> str:
+    """``AUTH_SERVICE_CLIENTS`` for a local backend, its secret kept in var/ across runs."""
+    path = var / "service-client.json"
+    if not path.exists():
+        client = [{"id": "dev-backend", "secret": secrets.token_urlsafe(32), "scopes": ["publish"]}]
+        path.write_text(json.dumps(client))
+        path.chmod(0o600)
+    return path.read_text()
+
+
 def banner(gateways: int) -> str:
     """What the developer sees first: where things listen and how to try them."""
     gateway_urls = ", ".join(f"http://127.0.0.1:{FIRST_GATEWAY_PORT + i}" for i in range(gateways))
@@ -64,6 +76,12 @@ Try it (in another terminal):
        -d '{{"username":"alice","password":"correct horse"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s localhost:{AUTH_PORT}/v1/users/me -H "Authorization: Bearer $TOKEN"
   .venv/bin/python -m deploy.local.try_client http://127.0.0.1:{FIRST_GATEWAY_PORT} "$TOKEN"
+
+A backend publishes with a service token (client id and secret in var/service-client.json):
+  SECRET=$(python3 -c 'import json; print(json.load(open("var/service-client.json"))[0]["secret"])')
+  PUB=$(curl -s -XPOST localhost:{AUTH_PORT}/v1/auth/token -u "dev-backend:$SECRET" -d grant_type=client_credentials | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -XPOST localhost:{FIRST_GATEWAY_PORT}/v1/publish -H "Authorization: Bearer $PUB" -H 'content-type: application/json' \
+       -d '{{"room":"public:lobby","event":"notification","data":{{"title":"hello from a backend"}}}}'
 
 Ctrl-C stops everything.
 """
@@ -92,6 +110,7 @@ def main() -> None:
             f"http://127.0.0.1:{FIRST_GATEWAY_PORT + i}" for i in range(gateways)
         ),
         "GATEWAY_CORS_ORIGINS": f"http://127.0.0.1:{AUTH_PORT}",
+        "AUTH_SERVICE_CLIENTS": dev_service_client(var),
     }
     print(banner(gateways), flush=True)
     honcho = str(Path(sys.executable).parent / "honcho")
