@@ -17,7 +17,7 @@ $(BIN)/python:
 
 # Reinstall only when the pinned dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,load]'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -42,4 +42,33 @@ run: install  ## Start the local cluster: Redis, auth on SQLite (:8000), $(GATEW
 	@GATEWAYS=$(GATEWAYS) REDIS_PORT=$(REDIS_PORT) $(BIN)/python -m deploy.local.cluster
 
 clean:  ## Remove the venv, node_modules and local state
-	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache test-artifacts
+	rm -rf $(VENV) node_modules loadtests/node_baseline/node_modules var .mypy_cache .ruff_cache .pytest_cache test-artifacts
+
+.PHONY: certs
+certs: deploy/certs/tls.crt  ## Self-signed TLS pair for the compose load balancer (deploy/certs/)
+
+# For local use only (CN and SAN localhost); production mounts real ones in the same place.
+deploy/certs/tls.crt:
+	@mkdir -p deploy/certs
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -sha256 -nodes \
+		-days 365 -subj "/CN=localhost" \
+		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
+		-keyout deploy/certs/tls.key -out $@
+	chmod 600 deploy/certs/tls.key
+
+# Load tests and benchmarks: Locust, matplotlib and py-spy come with the `load` extra; the
+# Node baseline server and load generator have their own pinned package-lock.json.
+NODE_BASELINE := loadtests/node_baseline
+$(NODE_BASELINE)/node_modules/.installed: $(NODE_BASELINE)/package.json $(NODE_BASELINE)/package-lock.json
+	cd $(NODE_BASELINE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+SCENARIO ?= storm
+LOADTEST_ARGS ?=
+BENCH_ARGS ?=
+
+loadtest: $(VENV)/.installed  ## Bounded headless Locust run (SCENARIO=storm|broadcast|token_churn|login_storm) on a loopback cluster; reports in var/loadtest/
+	SOCKGATE_LOADTEST=1 $(BIN)/python -m loadtests.loadtest --scenario $(SCENARIO) $(LOADTEST_ARGS)
+
+bench: $(VENV)/.installed $(NODE_BASELINE)/node_modules/.installed  ## Auth and gateway benchmarks beside the Node baseline; rewrites docs/benchmarks.md
+	SOCKGATE_LOADTEST=1 $(BIN)/python -m loadtests.bench $(BENCH_ARGS)

@@ -1,0 +1,155 @@
+"""The load-test tooling, quickly: the dev-only token minting CLI and the Locust scenarios.
+
+No load is generated here (``make loadtest`` and ``make bench`` do that). Locust is imported
+only in a child process: it monkey-patches the standard library with gevent on import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+from loadtests.mint_tokens import MintRefused, check_allowed
+from shared.tokens import TokenVerifier
+from tests.support.keys import new_rsa_key, thumbprint_kid, write_key
+from tests.support.processes import ROOT
+
+LOOPBACK_ISSUER = "http://127.0.0.1:8000"
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> RSAPrivateKey:
+    return new_rsa_key()
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path, signing_key: RSAPrivateKey) -> Path:
+    folder = tmp_path / "keys"
+    write_key(folder, new_rsa_key(), created=1_000)  # an older key: the newest must sign
+    write_key(folder, signing_key, created=2_000)
+    return folder
+
+
+def mint_cli(
+    keys_dir: Path, out: Path, issuer: str, *, opt_in: bool, count: int = 3
+) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(out.parent)}
+    if opt_in:
+        env["SOCKGATE_LOADTEST"] = "1"
+    args = [sys.executable, "-m", "loadtests.mint_tokens", "--keys-dir", str(keys_dir)]
+    args += ["--count", str(count), "--issuer", issuer, "--out", str(out)]
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_minting_is_refused_without_the_opt_in(keys_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens.json"
+    done = mint_cli(keys_dir, out, LOOPBACK_ISSUER, opt_in=False)
+    assert done.returncode == 2
+    assert "SOCKGATE_LOADTEST=1" in done.stderr
+    assert not out.exists()
+
+
+def test_minting_is_refused_for_an_issuer_off_loopback(keys_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens.json"
+    done = mint_cli(keys_dir, out, "https://auth.example.com", opt_in=True)
+    assert done.returncode == 2
+    assert "loopback" in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://auth.example.com",
+        "http://10.0.0.5:8000",
+        "http://127.0.0.1.example.com",
+        "http://localhost.example.com:8000",
+        "ftp://127.0.0.1",
+    ],
+)
+def test_only_loopback_issuers_pass_the_check(issuer: str) -> None:
+    with pytest.raises(MintRefused, match="loopback"):
+        check_allowed(issuer, {"SOCKGATE_LOADTEST": "1"})
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000", "https://127.0.0.2"],
+)
+def test_loopback_issuers_pass_the_check_with_the_opt_in(issuer: str) -> None:
+    check_allowed(issuer, {"SOCKGATE_LOADTEST": "1"})
+    for environ in ({}, {"SOCKGATE_LOADTEST": "0"}, {"SOCKGATE_LOADTEST": "yes"}):
+        with pytest.raises(MintRefused, match="SOCKGATE_LOADTEST=1"):
+            check_allowed(issuer, environ)
+
+
+class _OneKey:
+    """A KeySource holding one public key."""
+
+    def __init__(self, kid: str, key: RSAPublicKey) -> None:
+        self._kid, self._key = kid, key
+
+    def get(self, kid: str) -> RSAPublicKey | None:
+        return self._key if kid == self._kid else None
+
+    async def get_unknown(self, kid: str) -> RSAPublicKey | None:
+        return None
+
+
+async def test_minted_tokens_verify_against_the_newest_key(
+    keys_dir: Path, tmp_path: Path, signing_key: RSAPrivateKey
+) -> None:
+    out = tmp_path / "tokens.json"
+    done = mint_cli(keys_dir, out, LOOPBACK_ISSUER, opt_in=True, count=3)
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_mode & 0o077 == 0  # credentials: readable by the owner only
+    document = json.loads(out.read_text())
+    kid = thumbprint_kid(signing_key)
+    assert document["kid"] == kid
+    assert len(document["tokens"]) == 3
+    verifier = TokenVerifier(
+        issuer=LOOPBACK_ISSUER, audience="gateway", keys=_OneKey(kid, signing_key.public_key())
+    )
+    subs = set()
+    for entry in document["tokens"]:
+        header = verifier.header(entry["token"])
+        assert header["typ"] == "at+jwt"
+        assert header["kid"] == kid
+        claims = await verifier.verify(entry["token"])
+        assert claims.sub == entry["sub"]
+        assert claims.name == entry["name"]
+        assert claims.jti
+        assert set(claims.raw) == {"iss", "sub", "aud", "iat", "exp", "jti", "name"}
+        subs.add(claims.sub)
+    assert len(subs) == 3  # one identity per simulated user
+
+
+def test_locust_scenarios_load_with_their_users_and_one_shape() -> None:
+    code = (
+        "import sys\n"
+        "from locust.util.load_locustfile import load_locustfile\n"
+        "for path in sys.argv[1:]:\n"
+        "    users, shapes = load_locustfile(path)\n"
+        "    print(path.rsplit('/', 1)[1], sorted(users), [type(s).__name__ for s in shapes])\n"
+    )
+    scenarios = sorted((ROOT / "loadtests" / "scenarios").glob("[a-z]*.py"))
+    assert {p.stem for p in scenarios} == {"storm", "broadcast", "token_churn", "login_storm"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, scenarios)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    assert lines["storm.py"] == "['StormUser'] ['StormShape']"
+    assert lines["broadcast.py"] == "['ListenerUser', 'PublisherUser'] ['BroadcastShape']"
+    assert lines["token_churn.py"] == "['ChurnUser'] ['ChurnShape']"
+    assert lines["login_storm.py"] == "['LoginUser'] ['LoginStepShape']"
