@@ -127,6 +127,9 @@ def generate_key(keys_dir: Path, now: float | None = None) -> SigningKey:
 
 def ensure_key(keys_dir: Path) -> None:
     """Generates a first key when ``keys_dir`` has none; safe when several workers race."""
+    # Keys present: touch nothing, so a read-only mount (a Kubernetes Secret) works as it is.
+    if keys_dir.is_dir() and load_keys(keys_dir):
+        return
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = keys_dir / ".generate.lock"
     try:
