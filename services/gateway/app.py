@@ -33,8 +33,12 @@ from services.gateway.events import EventRouter
 from services.gateway.expiry import ExpiryScheduler
 from services.gateway.fanout import LocalManager, RedisManager
 from services.gateway.handshake import Handshake
+from services.gateway.liveness import Liveness
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.presence import Presence
+from services.gateway.presence_store import RedisPresence
 from services.gateway.publish import Publisher
+from services.gateway.quota import RedisQuota, UserQuota
 from services.gateway.revocations import Revocations
 from services.gateway.server import NAMESPACE, GatewayServer
 from services.gateway.settings import GatewaySettings
@@ -121,19 +125,27 @@ class Gateway:
             retention=settings.revocation_retention, on_revoked=self._revoked
         )
         self.subscriber: RedisSubscriber | None = None
+        self.liveness: Liveness | None = None
         if isinstance(manager, RedisManager) and self.redis is not None:
             redis = self.redis
 
             async def reload_revocations() -> None:
                 await self.revocations.reload(redis)
 
+            self.liveness = Liveness(
+                redis,
+                ttl=settings.replica_ttl,
+                timeout=settings.redis_op_timeout,
+                up=lambda: self.subscriber is not None and self.subscriber.up,
+                metrics=metrics,
+            )
             self.subscriber = RedisSubscriber(
                 redis,
                 handlers={
                     settings.redis_channel: manager.handle_message,
                     revocation.CHANNEL: self.revocations.handle_message,
                 },
-                on_subscribed=[reload_revocations],
+                on_subscribed=[reload_revocations, self.liveness.wake],
                 metrics=metrics,
                 retry_max=settings.redis_retry_max,
             )
@@ -150,6 +162,30 @@ class Gateway:
         self.broadcaster = Broadcaster(
             server=self.server, max_message_bytes=settings.max_message_bytes
         )
+        # Presence and the per-user limit: this replica's view, and the cluster's in Redis.
+        self.presence = Presence(
+            broadcaster=self.broadcaster,
+            store=(
+                RedisPresence(
+                    self.redis, liveness=self.liveness, max_members=settings.who_max_members
+                )
+                if self.redis is not None and self.liveness is not None
+                else None
+            ),
+            max_members=settings.who_max_members,
+        )
+        self.quota = UserQuota(
+            limit=settings.max_connections_per_user,
+            connections=self.connections,
+            store=(
+                RedisQuota(self.redis, liveness=self.liveness)
+                if self.redis is not None and self.liveness is not None
+                else None
+            ),
+        )
+        if self.liveness is not None:
+            self.liveness.register(self.presence)
+            self.liveness.register(self.quota)
         self.expiry = ExpiryScheduler(
             lead=settings.token_expiring_lead,
             leeway=settings.jwt_leeway,
@@ -162,7 +198,8 @@ class Gateway:
             verifier=self.verifier,
             revocations=self.revocations,
             connections=self.connections,
-            broadcaster=self.broadcaster,
+            quota=self.quota,
+            presence=self.presence,
             expiry=self.expiry,
             metrics=metrics,
             accepting=self.drainer.accepting,
@@ -171,6 +208,7 @@ class Gateway:
             server=self.server,
             connections=self.connections,
             broadcaster=self.broadcaster,
+            presence=self.presence,
             verifier=self.verifier,
             revocations=self.revocations,
             expiry=self.expiry,
@@ -185,8 +223,12 @@ class Gateway:
         # HTTP: probes, metrics and backend publishing beside Socket.IO.
         self.publisher = Publisher(
             broadcaster=self.broadcaster,
-            token=settings.publish_token,
+            verifier=self.verifier,
+            revocations=self.revocations,
+            metrics=metrics,
             max_bytes=settings.max_publish_bytes,
+            rate=settings.publish_rate,
+            burst=settings.publish_burst,
         )
         routes = [
             Route("/healthz", self._healthz, methods=["GET"]),
@@ -211,7 +253,7 @@ class Gateway:
             await self.stop()
 
     async def start(self) -> None:
-        """Fetches the keys and, in cluster mode, subscribes to Redis."""
+        """Fetches the keys and, in cluster mode, subscribes to Redis and starts beating."""
         log.info(
             "gateway starting",
             extra={"cluster": self.settings.cluster_mode, "jwks": self.settings.resolved_jwks_url},
@@ -223,9 +265,13 @@ class Gateway:
             # Not required (readiness reports Redis), but a replica that can reach Redis
             # should not report ready a moment before it subscribed.
             await self.subscriber.wait_subscribed(_FIRST_SUBSCRIBE_WAIT)
+        if self.liveness is not None:
+            await self.liveness.start()
 
     async def stop(self) -> None:
         """Releases Redis, the key source and Socket.IO's background task."""
+        if self.liveness is not None:
+            await self.liveness.close()
         if self.subscriber is not None:
             await self.subscriber.close()
         if self.redis is not None:

@@ -1,9 +1,10 @@
 """The broadcast path: a client's ``message`` event to everyone else in the room, cluster-wide.
 
 event -> validation -> policy -> fan-out, in ``Broadcaster.message``. Presence notices
-(``presence {room, user, event}``) take the same fan-out. Fan-out is python-socketio's
-``emit`` to the room: the client manager delivers to this replica's members and, in cluster
-mode, publishes once on Redis for the other replicas (see ``fanout``).
+(``presence {room, user, event}``, decided in ``presence``) and backend notifications take the
+same fan-out. Fan-out is python-socketio's ``emit`` to the room: the client manager delivers
+to this replica's members and, in cluster mode, publishes once on Redis for the other
+replicas (see ``fanout``).
 """
 
 from __future__ import annotations
@@ -52,14 +53,17 @@ class Broadcaster:
         await self.emit("message", event, room=room, skip_sid=conn.sid)
         return ok(id=message_id, ts=ts)
 
-    async def presence(self, conn: Connection, room: str, change: Literal["join", "leave"]) -> None:
-        """Tells the room's other members that ``conn``'s user joined or left it."""
-        event = {
-            "room": room,
-            "user": {"id": conn.sub, "name": conn.claims.name},
-            "event": change,
-        }
-        await self.emit("presence", event, room=room, skip_sid=conn.sid)
+    async def presence(
+        self,
+        room: str,
+        user: dict[str, str],
+        change: Literal["join", "leave"],
+        *,
+        skip_sid: str | None = None,
+    ) -> None:
+        """Tells ``room`` that ``user`` ({id, name}) arrived or left (see ``presence``)."""
+        event = {"room": room, "user": user, "event": change}
+        await self.emit("presence", event, room=room, skip_sid=skip_sid)
 
     async def emit(
         self, event: str, data: dict[str, Any], *, room: str, skip_sid: str | None = None

@@ -3,8 +3,9 @@
 1. ``/readyz`` starts failing, so the load balancer stops sending new clients; for ``delay``
    seconds new handshakes are still served (the balancer needs that long to notice).
 2. New handshakes are refused (``unavailable``/``draining``) and the open sockets are closed
-   in batches spread over ``spread`` seconds, by closing their transport: clients see a
-   transport close and reconnect on their own, through the balancer, to another replica.
+   in batches spread over ``spread`` seconds, by ending their transport without an Engine.IO
+   CLOSE packet: clients (the JavaScript and the Python ones alike) see a lost connection and
+   reconnect on their own, through the balancer, to another replica.
 3. Engine.IO sessions that never connected are closed too; then the server may exit.
 
 The hard bound on the whole shutdown is the caller's (``__main__`` enforces the grace period).
@@ -68,10 +69,10 @@ class Drainer:
             for conn in conns[start : start + size]:
                 conn.closing = True
                 self._metrics.server_disconnects.labels("drain").inc()
-                self._server.close_session(conn.eio_sid)
+                self._server.close_session(conn.eio_sid, reconnect=True)
             await asyncio.sleep(_BATCH_INTERVAL)
         for eio_sid in list(self._server.eio.sockets):
-            self._server.close_session(eio_sid)
+            self._server.close_session(eio_sid, reconnect=True)
         await self._settle()
         log.info("drained", extra={"closed": len(conns), "left": len(self._connections)})
 

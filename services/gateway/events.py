@@ -1,8 +1,8 @@
-"""Client events: the router every event passes through, and ``join``/``leave``/``reauth``.
+"""Client events: the router every event passes through, and ``join``/``leave``/``who``/``reauth``.
 
 The router charges the socket's rate limit first (a refused event costs nothing more), then
 runs the handler and turns its outcome into the ack. ``message`` is the broadcast path and
-lives in ``broadcast``.
+lives in ``broadcast``; who is in a room, and the ``presence`` events, live in ``presence``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from services.gateway.broadcast import Broadcaster
 from services.gateway.connections import Connection, Connections
 from services.gateway.expiry import ExpiryScheduler
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.presence import Presence, PresenceUnavailable
 from services.gateway.protocol import Ack, EventError, error, expect, ok
 from services.gateway.revocations import Revocations
 from services.gateway.rooms import check_join, check_name, still_allowed
@@ -35,6 +36,7 @@ class EventRouter:
         server: GatewayServer,
         connections: Connections,
         broadcaster: Broadcaster,
+        presence: Presence,
         verifier: TokenVerifier,
         revocations: Revocations,
         expiry: ExpiryScheduler,
@@ -44,7 +46,7 @@ class EventRouter:
     ) -> None:
         self._server = server
         self._connections = connections
-        self._broadcaster = broadcaster
+        self._presence = presence
         self._verifier = verifier
         self._revocations = revocations
         self._expiry = expiry
@@ -56,6 +58,7 @@ class EventRouter:
             "leave": self.leave,
             "message": broadcaster.message,
             "reauth": self.reauth,
+            "who": self.who,
         }
 
     async def dispatch(self, event: str, sid: str, *args: object) -> Ack:
@@ -95,7 +98,7 @@ class EventRouter:
             raise EventError("too_many_rooms", f"a socket may join at most {self._max_rooms} rooms")
         conn.rooms.add(room)
         await self._server.enter_room(conn.sid, room)
-        await self._broadcaster.presence(conn, room, "join")
+        await self._presence.entered(conn, room)
         return ok(room=room)
 
     async def leave(self, conn: Connection, payload: object) -> Ack:
@@ -108,6 +111,25 @@ class EventRouter:
             raise EventError("not_joined", "this socket is not in that room")
         await self._leave(conn, room)
         return ok(room=room)
+
+    async def who(self, conn: Connection, payload: object) -> Ack:
+        """``who {room}``: the users present in a room this socket joined, across the cluster."""
+        (room,) = expect(payload, room=str)
+        check_name(room)
+        check_join(room, conn.claims)
+        if room == conn.user_room:
+            members = [{"id": conn.sub, "name": conn.claims.name}]
+            return ok(room=room, members=members)
+        if room not in conn.rooms:
+            raise EventError("not_joined", "join the room before asking who is in it")
+        try:
+            present, truncated = await self._presence.who(room)
+        except PresenceUnavailable as exc:
+            raise EventError("unavailable", str(exc)) from None
+        ack = ok(room=room, members=[member.wire() for member in present])
+        if truncated:
+            ack["truncated"] = True
+        return ack
 
     async def reauth(self, conn: Connection, payload: object) -> Ack:
         """``reauth {token}``: replace the socket's token with a fresh one of the same user."""
@@ -133,4 +155,4 @@ class EventRouter:
     async def _leave(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
         await self._server.leave_room(conn.sid, room)
-        await self._broadcaster.presence(conn, room, "leave")
+        await self._presence.left(conn, room)

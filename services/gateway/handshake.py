@@ -1,13 +1,16 @@
 """The Socket.IO handshake, top to bottom, and the matching end of a socket's life.
 
-capacity -> token -> claims -> revocation -> per-user limit -> registration and the user room.
+capacity -> token -> claims -> revocation -> per-user limit (cluster-wide) -> registration and
+the user room.
 
 The token comes from the CONNECT packet's auth payload ``{token}`` or from an
 ``Authorization: Bearer`` header of the Engine.IO handshake request, never from the query
 string (URLs end up in proxy and access logs). Verification is local (``TokenVerifier`` with
-cached JWKS keys) and so is the revocation check (``Revocations``' in-memory map): a connect
-makes no network call except, for a token signed by a key not seen yet, the JWKS refetch the key
-source allows once per cooldown.
+cached JWKS keys) and so is the revocation check (``Revocations``' in-memory map): neither
+makes a network call except, for a token signed by a key not seen yet, the JWKS refetch the
+key source allows once per cooldown. In cluster mode the per-user limit costs one Redis round
+trip (``quota``), bounded by ``GATEWAY_REDIS_OP_TIMEOUT``; without an answer the replica's own
+count decides.
 
 Refusals reach the client as ``connect_error``: ``err.message`` is ``"unauthorized"`` with
 ``err.data.code`` the token error's code, or ``"unavailable"`` with ``overloaded`` /
@@ -23,11 +26,12 @@ from typing import Any
 
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
-from services.gateway.broadcast import Broadcaster
 from services.gateway.connections import Connection, Connections
 from services.gateway.expiry import ExpiryScheduler
 from services.gateway.limits import AbuseMeter, TokenBucket
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.presence import Presence
+from services.gateway.quota import QuotaExceeded, UserQuota
 from services.gateway.revocations import Revocations
 from services.gateway.server import NAMESPACE, GatewayServer
 from services.gateway.settings import GatewaySettings
@@ -74,7 +78,8 @@ class Handshake:
         verifier: TokenVerifier,
         revocations: Revocations,
         connections: Connections,
-        broadcaster: Broadcaster,
+        quota: UserQuota,
+        presence: Presence,
         expiry: ExpiryScheduler,
         metrics: GatewayMetrics,
         accepting: Callable[[], bool],
@@ -84,7 +89,8 @@ class Handshake:
         self._verifier = verifier
         self._revocations = revocations
         self._connections = connections
-        self._broadcaster = broadcaster
+        self._quota = quota
+        self._presence = presence
         self._expiry = expiry
         self._metrics = metrics
         self._accepting = accepting
@@ -128,17 +134,18 @@ class Handshake:
         # 3. Revoked by a logout everywhere?
         if self._revocations.is_revoked(claims.sub, claims.iat):
             raise TokenRevoked("the token has been revoked")
-        # 4. Limits that depend on who it is.
-        if self._connections.count_for(claims.sub) >= settings.max_connections_per_user:
+        # 4. Limits that depend on who it is, then 5. register the socket in its user room.
+        try:
+            async with self._quota.admission(claims.sub):
+                if eio_sid not in self._server.eio.sockets:
+                    # The client left while its token or its place was being checked.
+                    raise Unavailable("gone", "the connection closed during the handshake", 0)
+                conn = self._new_connection(sid, eio_sid, claims)
+                self._connections.add(conn)
+        except QuotaExceeded:
             raise Unavailable(
                 "too_many_connections", "this user has too many connections", retry_after_ms
-            )
-        if eio_sid not in self._server.eio.sockets:
-            # The client left while the token was being checked (a JWKS refetch can wait).
-            raise Unavailable("gone", "the connection closed during the handshake", 0)
-        # 5. Register the socket and put it in its user room.
-        conn = self._new_connection(sid, eio_sid, claims)
-        self._connections.add(conn)
+            ) from None
         await self._server.enter_room(sid, conn.user_room, namespace=NAMESPACE)
         self._expiry.schedule(conn)
         self._metrics.connected_sockets.inc()
@@ -163,8 +170,12 @@ class Handshake:
         if conn.eio_sid in self._server.eio.sockets:
             self._server.gate.unconnected(conn.eio_sid)
         log.debug("socket disconnected", extra={"sub": conn.sub, "sid": sid, "reason": reason})
+        try:
+            await self._quota.released(conn.sub)
+        except Exception:
+            log.exception("releasing a connection's place failed")
         for room in sorted(conn.rooms):
             try:
-                await self._broadcaster.presence(conn, room, "leave")
+                await self._presence.left(conn, room)
             except Exception:
                 log.exception("presence on disconnect failed", extra={"room": room})

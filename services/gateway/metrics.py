@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.metrics import LATENCY_BUCKETS
 
-KNOWN_EVENTS = frozenset({"join", "leave", "message", "reauth"})
+KNOWN_EVENTS = frozenset({"join", "leave", "message", "reauth", "who"})
 
 
 class GatewayMetrics:
@@ -87,6 +87,29 @@ class GatewayMetrics:
             "gateway_auth_service_calls",
             "Calls to the auth service made for a connection. Stays 0: tokens are verified "
             "locally against cached keys (JWKS fetches are counted separately).",
+            registry=registry,
+        )
+        self.cluster_state_errors = Counter(
+            "gateway_cluster_state_errors",
+            "Presence and connection-count updates that could not reach Redis (skipped while "
+            "it is down, or failed), by operation; the replica rewrites its state once back.",
+            ["op"],
+            registry=registry,
+        )
+        self.replica_resyncs = Counter(
+            "gateway_replica_resyncs",
+            "Times this replica rewrote its presence and connection counts in Redis.",
+            registry=registry,
+        )
+        self.replicas_reaped = Counter(
+            "gateway_replicas_reaped",
+            "Dead replicas whose presence and connection counts this replica removed.",
+            registry=registry,
+        )
+        self.publishes = Counter(
+            "gateway_publishes",
+            "POST /v1/publish requests by result (accepted, or why they were refused).",
+            ["result"],
             registry=registry,
         )
         self.draining = Gauge(

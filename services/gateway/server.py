@@ -155,7 +155,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
     that request forever, and a websocket client that does not hang up keeps its socket open.
     Here the CLOSE packet is followed by the queue's end marker, which makes the websocket
     writer close the websocket and the polling transport answer its last poll; the session
-    is forgotten at once.
+    is forgotten at once. With ``reconnect`` the CLOSE packet is left out: the transport just
+    ends, which every client takes as a lost connection to re-establish (python-socketio's
+    client takes a CLOSE packet as "the server is done with you" and stays away).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -166,7 +168,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         drivers.update(websocket=_GuardedWebSocket, translate_request=_translate_request)
         setattr(self, "_async", drivers)  # noqa: B010 - attribute mypy cannot see through
 
-    async def disconnect(self, sid: str | None = None) -> None:
+    async def disconnect(self, sid: str | None = None, *, reconnect: bool = False) -> None:
         """Closes one session (or all) without waiting on the client."""
         if sid is None:
             await super().disconnect()
@@ -174,7 +176,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         socket = self.sockets.pop(sid, None)
         if socket is None or socket.closed or socket.closing:
             return
-        await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        await socket.close(wait=False, abort=reconnect, reason=self.reason.SERVER_DISCONNECT)
         socket.queue.put_nowait(None)
 
 
@@ -231,12 +233,13 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]  # socketio is 
 
     # -- closing without blocking the caller ------------------------------------------------
 
-    def close_session(self, eio_sid: str) -> None:
+    def close_session(self, eio_sid: str, *, reconnect: bool = False) -> None:
         """Closes an Engine.IO session and its transport, in the background.
 
-        Clients see a transport close and reconnect on their own, which is what drain wants.
+        With ``reconnect`` (drain) clients see only their transport end and reconnect on their
+        own; without it they are told the server closed the session.
         """
-        self.spawn(self.eio.disconnect(eio_sid))
+        self.spawn(self.eio.disconnect(eio_sid, reconnect=reconnect))
 
     def kick(self, sid: str) -> None:
         """Ends a socket with a Socket.IO DISCONNECT, then closes its transport.

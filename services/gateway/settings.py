@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import COMMON_CONFIG, JWTVerifySettings, LogSettings, RedisSettings
@@ -23,7 +23,10 @@ SAME_ORIGIN = None
 class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
     """Everything one gateway replica needs; validated once at start-up."""
 
-    model_config = SettingsConfigDict(**COMMON_CONFIG, env_prefix="GATEWAY_")
+    # Inputs stay out of error messages: a removed secret setting must not be echoed.
+    model_config = SettingsConfigDict(
+        **COMMON_CONFIG, env_prefix="GATEWAY_", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=1, le=65535)
@@ -45,7 +48,12 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
         4096, ge=1, le=1024 * 1024, description="Largest `message` text, UTF-8 bytes."
     )
     max_rooms_per_socket: int = Field(50, ge=1)
-    max_connections_per_user: int = Field(20, ge=1, description="Per replica.")
+    max_connections_per_user: int = Field(
+        20,
+        ge=1,
+        description="Sockets one user may hold across the cluster (per replica while Redis is "
+        "unreachable).",
+    )
     max_handshakes_in_flight: int = Field(
         256, ge=1, description="Engine.IO sessions still without a Socket.IO connection."
     )
@@ -72,16 +80,40 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
     ping_interval: float = Field(25.0, gt=0)
     ping_timeout: float = Field(20.0, gt=0)
 
-    # Backend publishing (POST /v1/publish); disabled while no credential is set.
-    publish_token: SecretStr | None = Field(
-        None, description="The service credential backends present as a Bearer token."
-    )
+    # Backend publishing (POST /v1/publish) with service tokens from the auth service.
     max_publish_bytes: int = Field(65536, ge=256, le=1024 * 1024)
+    publish_rate: float = Field(
+        50.0, gt=0, description="Publishes per second refilled, per client and replica."
+    )
+    publish_burst: int = Field(100, ge=1, description="Publish bucket size per client.")
+    publish_token: str | None = Field(
+        None,
+        description="Removed: backends authenticate with a service token (see the validator).",
+    )
+
+    # Presence.
+    who_max_members: int = Field(
+        1000, ge=1, le=100_000, description="Most members one `who` answer lists."
+    )
 
     # Redis.
     redis_channel: str = Field("sockgate:socketio", min_length=1, max_length=200)
     redis_retry_max: float = Field(
         2.0, gt=0, description="Ceiling of the resubscribe backoff, seconds."
+    )
+    replica_ttl: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds without a heartbeat after which a replica counts as dead: the "
+        "room members and connections it held stop counting. Heartbeats run every third of it.",
+    )
+    redis_op_timeout: float = Field(
+        1.0,
+        gt=0,
+        le=10.0,
+        description="Seconds a handshake or room event waits on Redis before carrying on "
+        "with what this replica knows.",
     )
     revocation_retention: float = Field(
         86400.0,
@@ -118,10 +150,13 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
 
     @field_validator("publish_token")
     @classmethod
-    def _strong_publish_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("GATEWAY_PUBLISH_TOKEN must be at least 32 characters")
-        return value
+    def _no_static_publish_token(cls, value: str | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "GATEWAY_PUBLISH_TOKEN is no longer read: backends publish with a service token "
+                "from the auth service (POST /v1/auth/token, scope publish; AUTH_SERVICE_CLIENTS)"
+            )
+        return None
 
     @model_validator(mode="after")
     def _drain_fits_grace(self) -> GatewaySettings:

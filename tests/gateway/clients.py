@@ -127,9 +127,21 @@ class NodeClients:
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
         transports: list[str] | None = None,
+        reconnect: bool = False,
     ) -> dict[str, Any]:
-        """Connects socket ``name``; returns its ``connect`` or ``connect_error`` report."""
+        """Connects socket ``name``; returns its ``connect`` or ``connect_error`` report.
+
+        ``reconnect`` makes the socket reconnect on its own after losing its connection (and
+        after an ``unavailable`` refusal), quickly, as a real client would.
+        """
         options: dict[str, Any] = {"transports": transports or ["websocket"]}
+        if reconnect:
+            options.update(
+                reconnection=True,
+                reconnectionDelay=200,
+                reconnectionDelayMax=1000,
+                retryUnavailable=True,
+            )
         if auth is not None:
             options["auth"] = auth
         elif token is not None:
@@ -204,16 +216,26 @@ class NodeClients:
 class PyClient:
     """python-socketio's ``AsyncClient``, recording server events and disconnects."""
 
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
+    def __init__(self, *, reconnection: bool = False) -> None:
+        # Reconnecting clients retry fast: tests wait for them.
+        self.sio = socketio.AsyncClient(
+            reconnection=reconnection,
+            reconnection_delay=0.2,
+            reconnection_delay_max=1,
+            randomization_factor=0.1,
+        )
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.connect_error: Any = None
         self.sio.on("*", self._on_event)
+        self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("connect_error", self._on_connect_error)
 
     async def _on_event(self, event: str, *args: Any) -> None:
         self.events.put_nowait((event, args[0] if args else None))
+
+    async def _on_connect(self) -> None:
+        self.events.put_nowait(("connect", None))
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         self.events.put_nowait(("disconnect", reason))

@@ -11,6 +11,7 @@ gateways accept (and forge ones they must refuse) besides logging in for real on
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import time
 import uuid
@@ -30,7 +31,9 @@ from tests.support.processes import Process, RedisServer, free_port, start_servi
 AUDIENCE = "gateway"
 ALLOWED_ORIGIN = "http://allowed.example"
 PASSWORD = "correct horse battery staple"
-PUBLISH_TOKEN = "test-publish-credential-0123456789abcdef"
+# The backend the auth service grants service tokens (scope publish) in every test stack.
+SERVICE_CLIENT = "backend"
+SERVICE_SECRET = "test-backend-secret-0123456789abcdef"
 
 # Settings every test replica runs with: a short leeway and warning lead so expiry tests are
 # quick, a short unknown-kid cooldown so rotation is picked up at once, few rooms a socket.
@@ -42,7 +45,6 @@ GATEWAY_ENV = {
     "GATEWAY_CORS_ORIGINS": ALLOWED_ORIGIN,
     "GATEWAY_REDIS_RETRY_MAX": "0.5",
     "GATEWAY_MAX_ROOMS_PER_SOCKET": "10",
-    "GATEWAY_PUBLISH_TOKEN": PUBLISH_TOKEN,
     "GATEWAY_DRAIN_DELAY": "0.1",
     "GATEWAY_DRAIN_SPREAD": "0.3",
     "LOG_LEVEL": "INFO",
@@ -53,6 +55,9 @@ AUTH_ENV = {
     "AUTH_IP_RATE_PER_MINUTE": "100000",
     "AUTH_IP_BURST": "10000",
     "AUTH_LOGIN_FREE_FAILURES": "100",
+    "AUTH_SERVICE_CLIENTS": json.dumps(
+        [{"id": SERVICE_CLIENT, "secret": SERVICE_SECRET, "scopes": ["publish"]}]
+    ),
 }
 _names = itertools.count(1)
 
@@ -74,6 +79,10 @@ class Signer:
         """A valid access token (override anything with ``kwargs``; see ``mint``)."""
         kwargs.setdefault("audience", AUDIENCE)
         return mint(self.key, kid=self.kid, issuer=self.issuer, sub=sub or unique("u"), **kwargs)
+
+    def service_token(self, client: str = SERVICE_CLIENT, scope: str = "publish") -> str:
+        """A token shaped like the auth service's client-credentials grant issues."""
+        return self.token(f"client:{client}", name=client, scope=scope, client_id=client)
 
 
 @dataclass
@@ -108,6 +117,19 @@ class Auth:
             )
             assert response.status_code == 200, response.text
             return str(response.json()["access_token"])
+
+    def service_token(self) -> str:
+        """A real service token: the client-credentials grant with HTTP Basic credentials."""
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            response = client.post(
+                "/v1/auth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(SERVICE_CLIENT, SERVICE_SECRET),
+            )
+            assert response.status_code == 200, response.text
+            body = response.json()
+        assert body["token_type"] == "Bearer" and body["scope"] == "publish", body
+        return str(body["access_token"])
 
     def logout_all(self, token: str) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
@@ -188,9 +210,15 @@ class Stack:
         return Auth(url, keys_dir, process, Signer(key, thumbprint_kid(key), url))
 
     def gateway(
-        self, auth: Auth, redis: RedisServer | None, *, ready: bool = True, **env: str
+        self,
+        auth: Auth,
+        redis: RedisServer | None,
+        *,
+        ready: bool = True,
+        port: int | None = None,
+        **env: str,
     ) -> Gateway:
-        port = free_port()
+        port = port or free_port()
         full_env = {
             **GATEWAY_ENV,
             "GATEWAY_HOST": "127.0.0.1",

@@ -43,8 +43,10 @@ async def test_redis_killed_and_restarted_during_broadcasts(
     auth = stack.auth(None)
     a, b = stack.gateway(auth, redis_server), stack.gateway(auth, redis_server)
     room = unique("public:outage-")
+    subs = {}
     for name, gateway in (("alice", a), ("carol", a), ("bob", b)):
-        assert (await node.connect(name, gateway.url, token=auth.signer.token()))[
+        subs[name] = unique(name)
+        assert (await node.connect(name, gateway.url, token=auth.signer.token(subs[name])))[
             "type"
         ] == "connect"
         await node.emit(name, "join", {"room": room})
@@ -73,11 +75,25 @@ async def test_redis_killed_and_restarted_during_broadcasts(
         await eventually(lambda: sent >= during + 5, 5, "broadcasts acked during the outage")
         node.drain_events("carol")
         await node.next_event("carol", "message")
+        # Handshakes go on: the per-user limit falls back to the replica's own count. The
+        # cluster's members cannot be listed, and the answer says so.
+        assert (await node.connect("late", a.url, token=auth.signer.token()))["type"] == "connect"
+        ack = await node.emit("carol", "who", {"room": room})
+        assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
 
         redis_server.start()
         await eventually(lambda: ready(a) and ready(b), 10, "readyz recovers on both")
         node.drain_events("bob")
         await node.next_event("bob", "message")  # across replicas again
+        # Redis came back empty: every replica wrote its members back.
+        deadline = time.monotonic() + 5
+        while True:
+            ack = await node.emit("bob", "who", {"room": room})
+            members = {m["id"] for m in ack.get("members", [])}
+            if members == set(subs.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert members == set(subs.values()), ack
     finally:
         stop.set()
         (outcome,) = await asyncio.gather(broadcaster, return_exceptions=True)

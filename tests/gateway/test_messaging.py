@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
 from tests.gateway.clients import NodeClients, PyClient
-from tests.gateway.conftest import PUBLISH_TOKEN, Cluster, unique
+from tests.gateway.conftest import Cluster, unique
 
 
 async def test_python_clients_on_two_replicas_exchange_messages(
@@ -127,6 +125,8 @@ async def test_every_payload_is_validated(cluster: Cluster, node: NodeClients) -
         ("message", [{"room": room, "text": "x" * 5000}]),
         ("message", [{"room": room, "text": "é" * 2049}]),
         ("reauth", [{"token": 12}]),
+        ("who", [{}]),
+        ("who", [{"room": ["public:x"]}]),
         ("no-such-event", [{}]),
     ]
     for event, args in bad:
@@ -136,54 +136,3 @@ async def test_every_payload_is_validated(cluster: Cluster, node: NodeClients) -
         assert set(ack["error"]) == {"code", "message"}
     # The socket is still fine afterwards.
     assert (await node.emit("c", "message", {"room": room, "text": "é" * 2048}))["ok"] is True
-
-
-async def test_backend_publishes_notifications_to_users_and_rooms(
-    cluster: Cluster, node: NodeClients
-) -> None:
-    sub, room = unique("notified"), unique("public:news-")
-    await node.connect("user", cluster.b.url, token=cluster.signer.token(sub))
-    await node.connect("reader", cluster.b.url, token=cluster.signer.token())
-    await node.emit("reader", "join", {"room": room})
-    auth = {"Authorization": f"Bearer {PUBLISH_TOKEN}"}
-    async with httpx.AsyncClient(base_url=cluster.a.url, timeout=10) as http:
-        sent = await http.post(
-            "/v1/publish", headers=auth,
-            json={"user": sub, "event": "notification", "data": {"kind": "ping"}},
-        )  # fmt: skip
-        assert sent.status_code == 202, sent.text
-        assert await node.next_event("user", "notification") == {"kind": "ping"}
-        sent = await http.post(
-            "/v1/publish", headers=auth,
-            json={"room": room, "event": "notification", "data": {"headline": "hi"}},
-        )  # fmt: skip
-        assert sent.status_code == 202
-        assert await node.next_event("reader", "notification") == {"headline": "hi"}
-
-        refused = {
-            "no credential": ({}, {"room": room, "event": "notification", "data": {}}, 401),
-            "wrong credential": (
-                {"Authorization": "Bearer " + "x" * 40},
-                {"room": room, "event": "notification", "data": {}},
-                401,
-            ),
-            "socket id": (
-                auth,
-                {"room": "AbCdEfGhIjKlMnOpQrSt", "event": "notification", "data": {}},
-                422,
-            ),
-            "room and user": (
-                auth,
-                {"room": room, "user": sub, "event": "notification", "data": {}},
-                422,
-            ),
-            "other event": (auth, {"room": room, "event": "message", "data": {}}, 422),
-            "data not an object": (auth, {"room": room, "event": "notification", "data": 1}, 422),
-        }
-        for case, (headers, body, status) in refused.items():
-            response = await http.post("/v1/publish", headers=headers, json=body)
-            assert response.status_code == status, (case, response.text)
-        too_big = await http.post(
-            "/v1/publish", headers=auth, content=b'{"data": "' + b"x" * 100_000 + b'"}'
-        )
-        assert too_big.status_code == 413

@@ -16,16 +16,21 @@ from tests.support.keys import mint, new_rsa_key
 async def test_single_node_mode_and_key_rotation_without_restart(
     stack: Stack, node: NodeClients
 ) -> None:
-    """No REDIS_URL: rooms in memory. A key added to the auth service is picked up live."""
+    """No REDIS_URL: rooms, presence and publishing in memory. A key added to the auth service
+    is picked up live."""
     auth = stack.auth(None)
-    gateway = stack.gateway(auth, None, JWKS_UNKNOWN_KID_COOLDOWN="0.5", GATEWAY_PUBLISH_TOKEN="")
+    gateway = stack.gateway(
+        auth,
+        None,
+        JWKS_UNKNOWN_KID_COOLDOWN="0.5",
+        GATEWAY_PUBLISH_RATE="0.5",
+        GATEWAY_PUBLISH_BURST="3",
+    )
     assert gateway.get("/readyz").json()["checks"] == {
         "draining": False,
         "keys": True,
         "redis": None,
     }
-    # Without a service credential there is no publishing endpoint.
-    assert httpx.post(gateway.url + "/v1/publish", json={}, timeout=5).status_code == 404
     old_token = auth.signer.token()
     room = unique("public:solo-")
     for name in ("x", "y"):
@@ -33,6 +38,29 @@ async def test_single_node_mode_and_key_rotation_without_restart(
         await node.emit(name, "join", {"room": room})
     await node.emit("x", "message", {"room": room, "text": "local"})
     assert (await node.next_event("y", "message"))["text"] == "local"
+    # Both sockets are one user: listed once.
+    ack = await node.emit("y", "who", {"room": room})
+    assert ack == {"ok": True, "room": room, "members": [{"id": ack["members"][0]["id"],
+                                                          "name": "alice"}]}  # fmt: skip
+
+    # Publishing: each client has its own bucket (burst 3 here), then 429 with Retry-After.
+    body = {"room": room, "event": "notification", "data": {"n": 1}}
+    backend, other = auth.signer.service_token(), auth.signer.service_token("reports")
+    statuses = [
+        httpx.post(
+            gateway.url + "/v1/publish", json=body, headers={"Authorization": f"Bearer {backend}"}
+        )
+        for _ in range(4)
+    ]
+    assert [r.status_code for r in statuses] == [202, 202, 202, 429]
+    assert statuses[-1].json()["error"]["code"] == "rate_limited"
+    assert int(statuses[-1].headers["retry-after"]) >= 1
+    other_client = httpx.post(
+        gateway.url + "/v1/publish", json=body, headers={"Authorization": f"Bearer {other}"}
+    )
+    assert other_client.status_code == 202
+    assert (await node.next_event("x", "notification")) == {"n": 1}
+    assert gateway.metric("gateway_publishes_total", result="rate_limited") == 1
 
     new = auth.rotate()
     new_token = new.token()

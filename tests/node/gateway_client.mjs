@@ -14,6 +14,8 @@
 //   {"op":"storm","id":"s","ref":3,"url":"...","count":100,"options":{...}}
 //       -> {"id":"s","type":"storm_done","ref":3,"results":{"connect":n,"overloaded":m,...}}
 //   {"op":"close","id":"a"}
+// A connect whose options hold retryUnavailable: true connects again after retry_after_ms when
+// the gateway refuses it as "unavailable" (a draining replica): the client does not by itself.
 // Server events: {"id":"a","type":"event","event":"message","args":[...]}
 // Disconnects:   {"id":"a","type":"disconnect","reason":"io server disconnect","at":<ms>}
 import { createInterface } from "node:readline";
@@ -32,12 +34,16 @@ function open(url, options) {
 }
 
 function connect({ id, url, options }) {
-  const socket = open(url, options);
+  const { retryUnavailable, ...ioOptions } = options ?? {};
+  const socket = open(url, ioOptions);
   sockets.set(id, socket);
   socket.on("connect", () => out({ id, type: "connect", sid: socket.id }));
-  socket.on("connect_error", (err) =>
-    out({ id, type: "connect_error", message: err.message, data: err.data ?? null }),
-  );
+  socket.on("connect_error", (err) => {
+    out({ id, type: "connect_error", message: err.message, data: err.data ?? null });
+    if (retryUnavailable && err.message === "unavailable" && !socket.active) {
+      setTimeout(() => socket.connect(), Math.max(100, err.data?.retry_after_ms ?? 1000));
+    }
+  });
   socket.on("disconnect", (reason) => out({ id, type: "disconnect", reason, at: Date.now() }));
   socket.onAny((event, ...args) => out({ id, type: "event", event, args }));
 }
