@@ -45,6 +45,17 @@ class NewUser:
     password_hash: str
     created_at: float
 
+    def stored(self) -> UserRecord:
+        """The record of this user as just stored (never revoked yet)."""
+        return UserRecord(
+            id=self.id,
+            username=self.username,
+            email=self.email,
+            password_hash=self.password_hash,
+            created_at=self.created_at,
+            revoked_before=None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:

@@ -101,14 +101,7 @@ class MongoUserStore:
     async def create_user(self, user: NewUser) -> UserRecord:
         """Inserts the user with its id as ``_id``; the unique indexes refuse duplicates."""
         await self._call(self._insert_user, user)
-        return UserRecord(
-            id=user.id,
-            username=user.username,
-            email=user.email,
-            password_hash=user.password_hash,
-            created_at=user.created_at,
-            revoked_before=None,
-        )
+        return user.stored()
 
     async def get_user(self, user_id: str) -> UserRecord | None:
         """The user with this id."""

@@ -146,14 +146,7 @@ class SQLiteUserStore:
                 raise
 
         await self._run(insert)
-        return UserRecord(
-            id=user.id,
-            username=user.username,
-            email=user.email,
-            password_hash=user.password_hash,
-            created_at=user.created_at,
-            revoked_before=None,
-        )
+        return user.stored()
 
     async def get_user(self, user_id: str) -> UserRecord | None:
         """The user with this id."""
