@@ -46,7 +46,7 @@ const page = {
   client: null,
   unsubscribe: [],
   mode: "login",
-  rooms: new Map(), // room -> {messages: [], members: Map(userId -> {name, count}), unread}
+  rooms: new Map(), // room -> {messages: [], members: Map(userId -> {name}), unread}
   activeRoom: null,
   lastStatus: null,
 };
@@ -238,7 +238,12 @@ function wireForms() {
     }
     const entry = roomEntry(room);
     const me = page.client.getState().user;
-    if (me && !entry.members.has(me.id)) entry.members.set(me.id, { name: me.name, count: 1 });
+    if (me && !entry.members.has(me.id)) entry.members.set(me.id, { name: me.name });
+    // Who is already here, on every replica; presence events keep it current from now on.
+    const roster = await page.client.who(room);
+    if (roster?.ok) {
+      for (const member of roster.members) entry.members.set(member.id, { name: member.name });
+    }
     log(`Joined ${room}`);
     selectRoom(room);
   });
@@ -382,7 +387,7 @@ function renderPresence() {
   });
   const caption = document.createElement("span");
   caption.className = "caption";
-  caption.textContent = `${names.length} active since you joined`;
+  caption.textContent = `${names.length} in the room`;
   view.presence.replaceChildren(caption, ...chips);
 }
 
@@ -441,7 +446,7 @@ function addMessage(room, message) {
 function onMessage(message) {
   const entry = roomEntry(message.room);
   if (message.sender && !entry.members.has(message.sender.id)) {
-    entry.members.set(message.sender.id, { name: message.sender.name, count: 1 });
+    entry.members.set(message.sender.id, { name: message.sender.name });
     if (message.room === page.activeRoom) renderPresence();
   }
   addMessage(message.room, message);
@@ -449,13 +454,10 @@ function onMessage(message) {
 
 function onPresence({ room, user, event }) {
   const entry = roomEntry(room);
-  const member = entry.members.get(user.id);
-  if (event === "join") {
-    entry.members.set(user.id, { name: user.name, count: (member?.count ?? 0) + 1 });
-  } else if (member) {
-    if (member.count > 1) member.count -= 1;
-    else entry.members.delete(user.id);
-  }
+  // The gateway sends presence once per user (first socket in, last socket out), so the
+  // roster follows the events as they are.
+  if (event === "join") entry.members.set(user.id, { name: user.name });
+  else entry.members.delete(user.id);
   addMessage(room, { text: `${user.name} ${event === "join" ? "joined" : "left"}`, system: true });
   if (room === page.activeRoom) renderPresence();
 }

@@ -507,6 +507,9 @@ export function createSockgateClient(options) {
       return ack("leave", { room });
     },
 
+    /** `who {room}`: resolves to `{ok, room, members: [{id, name}]}` across every replica. */
+    who: (room) => ack("who", { room }),
+
     /** `message {room, text}`: resolves to `{ok, id, ts}` (others get the `message` event). */
     send: (room, text) => ack("message", { room, text }),
 

@@ -127,9 +127,13 @@ def demo_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoClust
         redis_server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian Chromium (never a downloaded browser)."""
+    """Headless Debian Chromium (never a downloaded browser).
+
+    Module-scoped on purpose: while sync Playwright runs, its event loop counts as running in
+    this thread, which breaks every asyncio test after it in the session.
+    """
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("Chromium is required: apt-get install -y chromium")

@@ -98,7 +98,10 @@ def test_two_people_chat_across_replicas(
     # Presence crosses replicas: Alice sees Bob arrive.
     alice.locator(".msg.system", has_text=f"{bob_name} joined").wait_for()
     alice.locator('[data-testid="presence"] .chip', has_text=bob_name).wait_for()
-    expect_text(alice, "presence", r"^2 active")
+    expect_text(alice, "presence", r"^2 in the room")
+    # Bob joined second: `who` showed him Alice, who is on the other replica.
+    bob.locator('[data-testid="presence"] .chip', has_text=alice_name).wait_for()
+    expect_text(bob, "presence", r"^2 in the room")
 
     say(alice, "Hello from replica one")
     bob.locator(
