@@ -1,19 +1,22 @@
 """The live Socket.IO connections of this replica and what each one is allowed.
 
 python-socketio keeps rooms and transport state; this registry keeps the gateway's own view of
-each socket (whose token, which rooms it joined, its rate limit, its expiry timers), indexed by
+each socket (whose token, which rooms it joined, its rate limit, its expiry schedule), indexed by
 sid and by user, so revocations and the per-user limit never scan every socket.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from services.gateway.limits import AbuseMeter, TokenBucket
 from services.gateway.rooms import user_room
 from shared.tokens import AccessClaims
+
+if TYPE_CHECKING:
+    from services.gateway.expiry import ExpiryEntry
 
 
 @dataclass(slots=True, eq=False)
@@ -27,7 +30,8 @@ class Connection:
     abuse: AbuseMeter
     rooms: set[str] = field(default_factory=set)
     """Rooms joined through ``join``; the automatic ``user:{sub}`` room is not counted."""
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    expiry: ExpiryEntry | None = None
+    """The socket's entry in the ``ExpiryScheduler``, while its expiry is scheduled."""
     closing: bool = False
     """Set once the gateway decided to cut the socket, so it is cut only once."""
 
@@ -42,10 +46,10 @@ class Connection:
         return user_room(self.claims.sub)
 
     def cancel_timers(self) -> None:
-        """Stops the expiry timers, when the token is replaced or the socket goes."""
-        for handle in self.timers:
-            handle.cancel()
-        self.timers.clear()
+        """Stops the expiry warning and cut-off, when the token is replaced or the socket goes."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
 
 
 class Connections:

@@ -22,8 +22,10 @@ from typing import Any
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from socketio import packet as sio_packet
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from services.gateway.metrics import GatewayMetrics
@@ -38,9 +40,28 @@ _MAX_ID = 64
 
 
 class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketio is untyped
-    """Counts local recipients of every emit, whichever manager sits above it."""
+    """Counts local recipients of every emit, whichever manager sits above it.
+
+    Two costs of the stock manager are removed here, with its behaviour kept:
+
+    - ``basic_disconnect`` and ``get_rooms`` scan every room of the namespace for the sid
+      (O(rooms) per disconnect: a close storm of N sockets costs O(N²)). A reverse index
+      ``sid -> rooms``, kept by ``basic_enter_room`` / ``basic_leave_room``, makes both touch
+      only the socket's own rooms.
+    - ``emit`` without a callback creates one asyncio task per recipient and waits for them
+      all. Here the packet is encoded once (its Engine.IO form cached in the packet) and put
+      on each recipient's Engine.IO queue directly, in a plain loop; closed sessions are
+      skipped, as the stock send would refuse them.
+    """
 
     _metrics: GatewayMetrics
+    # namespace -> sid -> the rooms the sid is in, in the order it entered them (``None``, the
+    # namespace's "connected" room, and the sid's own room included), mirroring ``self.rooms``.
+    _sid_rooms: dict[str, dict[str, dict[str | None, None]]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sid_rooms = {}
 
     async def emit(
         self,
@@ -60,9 +81,89 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
             count = len(members) - (1 if skip_sid is not None and skip_sid in members else 0)
             if count > 0:
                 self._metrics.deliveries.inc(count)
-        await super().emit(
-            event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs
-        )
+        if callback:
+            await super().emit(
+                event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs
+            )
+            return
+        self._send_to_room(event, data, namespace, target, skip_sid)
+
+    def _send_to_room(
+        self, event: str, data: Any, namespace: str, room: Any, skip_sid: Any
+    ) -> None:
+        """The stock emit without a callback, with no task per recipient (see the class doc)."""
+        if namespace not in self.rooms:
+            return
+        if isinstance(data, tuple):
+            data = list(data)
+        elif data is not None:
+            data = [data]
+        else:
+            data = []
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *data])
+        encoded = pkt.encode()
+        if not isinstance(encoded, list):
+            encoded = [encoded]
+        eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
+        for eio_pkt in eio_pkts:
+            eio_pkt.encode()  # fills the packet's cache: every writer sends the same frame
+        sockets = self.server.eio.sockets
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed:
+                continue
+            queue = socket.queue
+            for eio_pkt in eio_pkts:
+                queue.put_nowait(eio_pkt)
+
+    # -- the reverse index sid -> rooms ------------------------------------------------------
+
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
+    ) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._sid_rooms.setdefault(namespace, {}).setdefault(sid, {})[room] = None
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        by_sid = self._sid_rooms.get(namespace)
+        if by_sid is None:
+            return
+        rooms = by_sid.get(sid)
+        if rooms is None:
+            return
+        rooms.pop(room, None)
+        if not rooms:
+            del by_sid[sid]
+            if not by_sid:
+                del self._sid_rooms[namespace]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        if namespace not in self.rooms:
+            return
+        rooms = self._sid_rooms.get(namespace, {}).get(sid)
+        for name in list(rooms or ()):
+            self.basic_leave_room(sid, namespace, name)
+        if sid in self.callbacks:
+            del self.callbacks[sid]
+        pending = self.pending_connect.get(namespace)
+        if pending is not None and sid in pending:
+            pending.remove(sid)
+            if not pending:
+                del self.pending_connect[namespace]
+        pending = self.pending_disconnect.get(namespace)
+        if pending is not None and sid in pending:
+            pending.remove(sid)
+            if not pending:
+                del self.pending_disconnect[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+        """The rooms ``sid`` is in (its own room included, ``None`` not)."""
+        rooms = self._sid_rooms.get(namespace, {}).get(sid, ())
+        return [name for name in rooms if name is not None]
 
 
 class LocalManager(_DeliveryCounting):

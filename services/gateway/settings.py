@@ -132,6 +132,13 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
         5.0, ge=0, description="Seconds over which the sockets are closed in batches."
     )
 
+    # Garbage collection (see ``__main__``).
+    gc_tuning: bool = Field(
+        True,
+        description="Freeze the start-up heap and raise the young-generation threshold; "
+        "off restores CPython's defaults.",
+    )
+
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: str | None) -> str | None:
