@@ -131,6 +131,9 @@ class Handshake:
             raise Unavailable("overloaded", "too many handshakes in progress", retry_after_ms)
         # 2. Token -> claims, verified locally.
         claims = await self._verifier.verify(presented_token(auth, environ))
+        if "client_id" in claims.raw:
+            # A backend's service token (client-credentials grant) publishes; it is no user.
+            raise TokenInvalid("service tokens cannot open sockets")
         # 3. Revoked by a logout everywhere?
         if self._revocations.is_revoked(claims.sub, claims.iat):
             raise TokenRevoked("the token has been revoked")

@@ -57,6 +57,12 @@ async def test_service_token_publishes_to_a_user_and_a_room_on_both_replicas(
             assert await node.next_event(socket, "notification") == {"headline": "hello"}
     assert cluster.a.metric("gateway_publishes_total", result="accepted") >= 2
 
+    # A service token publishes; it cannot open a socket as if it were a user.
+    refused = await node.connect("service-socket", cluster.b.url, token=token)
+    assert refused["type"] == "connect_error"
+    assert refused["message"] == "unauthorized"
+    assert refused["data"]["code"] == "token_invalid"
+
 
 def refusals(cluster: Cluster) -> dict[str, tuple[dict[str, str], Any, int, str]]:
     """case -> (headers, JSON body, status, error code)."""
