@@ -24,7 +24,9 @@ python-engineio's ASGI driver table (both pinned in pyproject.toml): they are th
 where every packet passes, and subclasses keep the rest of the libraries unchanged. For
 performance, with the same behaviour, each Engine.IO session gets a smaller packet queue
 (``PacketQueue``) and a session class whose writer waits without a task per packet and whose
-pings need no task (``_LeanSocket``); GET and websocket requests share one empty body reader.
+pings need no task (``_LeanSocket``); GET and websocket requests share one empty body reader;
+the text frames a websocket writer sends in one event-loop pass go out in one write
+(``_GuardedWebSocket``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ import socketio
 from engineio.async_drivers import asgi as asgi_driver
 from engineio.exceptions import EngineIOError
 from socketio import packet as sio_packet
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 from services.gateway.limits import HandshakeGate
 
@@ -110,7 +115,57 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
     python-engineio logs a traceback for every text frame with an unknown packet type and
     keeps reading, and raises out of its handler on an empty or ``b``-prefixed one; raising
     ``OSError`` here makes it close the socket cleanly instead.
+
+    On uvicorn's sans-I/O websockets protocol, text frames are written with one
+    ``transport.write`` per event-loop pass instead of one per frame: each frame is still its
+    own websocket frame (Socket.IO needs one packet per frame), but the frames a socket's
+    writer sends in one go (its queued packets) reach the kernel in one system call. Anything
+    else (other protocols, before the handshake, after a close) takes the stock path, which
+    also writes out any frame still held, so frames never change order.
     """
+
+    _protocol: WebSocketsSansIOProtocol | None = None
+    _resolved = False
+    _flush_armed = False
+
+    async def send(self, message: str | bytes) -> None:
+        """Sends one frame; text frames are coalesced per event-loop pass (see the class doc)."""
+        proto = self._sansio()
+        if (
+            proto is None
+            or not isinstance(message, str)
+            or proto.disconnected
+            or not proto.handshake_complete
+            or proto.close_sent
+            or proto.initial_response is not None
+            or not proto.writable.is_set()
+        ):
+            await super().send(message)
+            return
+        try:
+            proto.conn.send_text(message.encode())
+        except InvalidState:
+            raise ClientDisconnected() from None
+        if not self._flush_armed:
+            self._flush_armed = True
+            proto.loop.call_soon(self._flush)
+
+    def _sansio(self) -> WebSocketsSansIOProtocol | None:
+        if not self._resolved:
+            self._resolved = True
+            proto = getattr(self.asgi_send, "__self__", None)
+            if type(proto) is WebSocketsSansIOProtocol:
+                self._protocol = proto
+        return self._protocol
+
+    def _flush(self) -> None:
+        self._flush_armed = False
+        proto = self._protocol
+        if proto is None:
+            return
+        output = proto.conn.data_to_send()
+        if output and not proto.transport.is_closing():
+            proto.transport.write(b"".join(output))
 
     async def wait(self) -> str | bytes:
         """The next frame; ``OSError`` for one that is not an Engine.IO packet."""
