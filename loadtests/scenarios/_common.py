@@ -6,6 +6,19 @@ import os
 from typing import ClassVar
 
 from locust import LoadTestShape
+from locust.clients import HttpSession
+
+PASSWORD = "load test password, not a secret"
+
+
+def register(session: HttpSession, username: str) -> None:
+    """Creates the account ``username`` (already there counts as success)."""
+    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
+    with session.post(
+        "/v1/auth/register", json=body, name="/v1/auth/register", catch_response=True
+    ) as response:
+        if response.status_code in (201, 409):
+            response.success()
 
 
 def env_int(name: str, default: int, low: int, high: int) -> int:
@@ -41,5 +54,8 @@ class BoundedShape(LoadTestShape):
         return self.stage(self.get_run_time())
 
     def stage(self, elapsed: float) -> tuple[int, float] | None:
-        """(users, spawn rate) at ``elapsed`` seconds, or ``None`` when the test is over."""
-        raise NotImplementedError
+        """(users, spawn rate) at ``elapsed`` seconds, or ``None`` when the test is over.
+
+        Each scenario's shape defines its stages; this abstract base has none, so it ends at once.
+        """
+        return None

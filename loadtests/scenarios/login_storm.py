@@ -27,9 +27,8 @@ from locust import HttpUser, constant, task
 from locust.env import Environment
 
 from loadtests.gateway_user import ca_file, check_loopback, worker_slot
-from loadtests.scenarios._common import BoundedShape, env_float
+from loadtests.scenarios._common import PASSWORD, BoundedShape, env_float, register
 
-PASSWORD = "load test password, not a secret"
 STEPS = [
     max(1, min(1000, int(n))) for n in os.environ.get("LOGIN_STEPS", "5,10,20,40,80").split(",")
 ]
@@ -51,16 +50,7 @@ class LoginUser(HttpUser):
         self.username = f"login{index + next(_numbers) * workers}"
 
     def on_start(self) -> None:
-        body = {
-            "username": self.username,
-            "email": f"{self.username}@example.com",
-            "password": PASSWORD,
-        }
-        with self.client.post(
-            "/v1/auth/register", json=body, name="/v1/auth/register", catch_response=True
-        ) as response:
-            if response.status_code in (201, 409):
-                response.success()
+        register(self.client, self.username)
 
     @task
     def login(self) -> None:

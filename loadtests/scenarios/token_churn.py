@@ -36,13 +36,12 @@ from locust.env import Environment
 from locust.exception import StopUser
 
 from loadtests.gateway_user import AckError, GatewayUser, ca_file, check_loopback, worker_slot
-from loadtests.scenarios._common import BoundedShape, env_float, env_int
+from loadtests.scenarios._common import PASSWORD, BoundedShape, env_float, env_int, register
 
 USERS = env_int("CHURN_USERS", 100, 1, 5000)
 SPAWN_RATE = env_float("CHURN_SPAWN_RATE", 10, 0.5, 500)
 HOLD = env_float("CHURN_HOLD", 90, 5, 900)
 REFRESH_AT = env_float("CHURN_REFRESH_AT", 0.5, 0.1, 0.9)
-PASSWORD = "load test password, not a secret"
 
 
 class ChurnUser(GatewayUser):
@@ -82,16 +81,7 @@ class ChurnUser(GatewayUser):
     # --- the auth service -----------------------------------------------------------------
 
     def register(self) -> None:
-        body = {
-            "username": self.username,
-            "email": f"{self.username}@example.com",
-            "password": PASSWORD,
-        }
-        with self.auth.post(
-            "/v1/auth/register", json=body, name="/v1/auth/register", catch_response=True
-        ) as response:
-            if response.status_code in (201, 409):
-                response.success()
+        register(self.auth, self.username)
 
     def login(self) -> bool:
         body = {"username": self.username, "password": PASSWORD}
