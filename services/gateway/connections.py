@@ -8,7 +8,7 @@ sid and by user, so revocations and the per-user limit never scan every socket.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from services.gateway.limits import AbuseMeter, TokenBucket
@@ -17,6 +17,15 @@ from shared.tokens import AccessClaims
 
 if TYPE_CHECKING:
     from services.gateway.expiry import ExpiryEntry
+
+
+def lean_claims(claims: AccessClaims) -> AccessClaims:
+    """``claims`` without ``raw``, for keeping on a socket.
+
+    ``raw`` is the token's whole decoded payload (~1 KB per socket as dicts, lists and strings);
+    it is read once, during the handshake, and the typed fields hold all a socket needs.
+    """
+    return replace(claims, raw={}) if claims.raw else claims
 
 
 @dataclass(slots=True, eq=False)

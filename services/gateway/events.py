@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from services.gateway.broadcast import Broadcaster
-from services.gateway.connections import Connection, Connections
+from services.gateway.connections import Connection, Connections, lean_claims
 from services.gateway.expiry import ExpiryScheduler
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.presence import Presence, PresenceUnavailable
@@ -144,7 +144,7 @@ class EventRouter:
             raise EventError("token_revoked", "the token has been revoked")
         if conn.closing or self._connections.get(conn.sid) is not conn:
             raise EventError("not_connected", "the connection is closing")
-        conn.claims = claims
+        conn.claims = lean_claims(claims)
         # The new token may list fewer private rooms: membership follows the token.
         for room in sorted(conn.rooms):
             if not still_allowed(room, claims):

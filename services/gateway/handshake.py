@@ -26,7 +26,7 @@ from typing import Any
 
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
-from services.gateway.connections import Connection, Connections
+from services.gateway.connections import Connection, Connections, lean_claims
 from services.gateway.expiry import ExpiryScheduler
 from services.gateway.limits import AbuseMeter, TokenBucket
 from services.gateway.metrics import GatewayMetrics
@@ -159,7 +159,7 @@ class Handshake:
         return Connection(
             sid=sid,
             eio_sid=eio_sid,
-            claims=claims,
+            claims=lean_claims(claims),
             bucket=TokenBucket(settings.event_rate, settings.event_burst),
             abuse=AbuseMeter(settings.event_rate, settings.abuse_threshold),
         )

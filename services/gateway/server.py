@@ -150,6 +150,21 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
             self._flush_armed = True
             proto.loop.call_soon(self._flush)
 
+    async def __call__(self, environ: dict[str, Any]) -> str:
+        """Accepts the websocket and runs the Engine.IO handler (the stock steps).
+
+        Once the handshake is complete, the handshake-only state uvicorn's sans-I/O protocol
+        keeps for the socket's life is trimmed (see ``_trim_handshake_state``).
+        """
+        self.asgi_receive = environ["asgi.receive"]
+        self.asgi_send = environ["asgi.send"]
+        await self.asgi_send({"type": "websocket.accept"})
+        proto = self._sansio()
+        if proto is not None and proto.handshake_complete:
+            _trim_handshake_state(proto)
+        await self.handler(self)
+        return ""
+
     def _sansio(self) -> WebSocketsSansIOProtocol | None:
         if not self._resolved:
             self._resolved = True
@@ -173,6 +188,30 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         if isinstance(data, str) and data[:1] not in _ENGINEIO_TYPES:
             raise OSError("not an Engine.IO packet")
         return data
+
+
+def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
+    """Frees what an accepted uvicorn sans-I/O websocket keeps only for its handshake.
+
+    - The parsed upgrade request and the 101 response (uvicorn reads them only while
+      accepting): dropped. websockets' parser also keeps the request in its generator's
+      frame for the socket's life, so its header multidict (~1.5 KB, the ASGI scope has its
+      own copy) is emptied too.
+    - The receive queue, an ``asyncio.Queue`` (four deques, ~2.5 KB), becomes a
+      ``PacketQueue``, which has the three methods uvicorn uses (``put_nowait``, ``get``,
+      ``empty``). Only the ASGI app's task reads it and it is not waiting here: whatever is
+      queued moves over in order.
+    """
+    request = getattr(proto, "request", None)
+    if request is not None:
+        request.headers.clear()
+    proto.request = None  # type: ignore[assignment]
+    proto.response = None  # type: ignore[assignment]
+    old = proto.queue
+    queue = PacketQueue()
+    while not old.empty():
+        queue.put_nowait(old.get_nowait())
+    proto.queue = queue  # type: ignore[assignment]
 
 
 class MalformedPayload(EngineIOError):  # type: ignore[misc]
@@ -336,6 +375,9 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     """
 
     last_ping: float | None
+    connected: bool
+    upgraded: bool
+    upgrading: bool
 
     async def poll(self) -> list[Any]:
         """Waits for packets to send to the client (``QueueEmpty`` on timeout or cancel)."""
@@ -364,6 +406,98 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
                 break
             packets.append(pkt)
         return packets
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        """python-engineio's websocket handler, with the reader waiting in place.
+
+        The stock reader wraps every wait for a frame in a new task and ``asyncio.wait_for``:
+        an idle socket holds that task, its coroutine and a waiter future for its whole life.
+        Here the same bounded wait runs in the handler's own task under ``asyncio.timeout``;
+        the upgrade steps, the writer task and the ending are the stock ones.
+        """
+        server = self.server
+
+        async def websocket_wait() -> Any:
+            data = await ws.wait()
+            if data and len(data) > server.max_http_buffer_size:
+                raise ValueError("packet is too large")
+            return data
+
+        if self.connected:
+            # the socket was already connected, so this is an upgrade
+            self.upgrading = True  # hold packet sends during the upgrade
+            try:
+                pkt = await websocket_wait()
+            except OSError:
+                return
+            decoded_pkt = engineio.packet.Packet(encoded_packet=pkt)
+            if decoded_pkt.packet_type != engineio.packet.PING or decoded_pkt.data != "probe":
+                server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+                self.upgrading = False
+                return
+            await ws.send(engineio.packet.Packet(engineio.packet.PONG, data="probe").encode())
+            await self.queue.put(engineio.packet.Packet(engineio.packet.NOOP))  # end poll
+            try:
+                pkt = await websocket_wait()
+            except OSError:
+                self.upgrading = False
+                return
+            decoded_pkt = engineio.packet.Packet(encoded_packet=pkt)
+            if decoded_pkt.packet_type != engineio.packet.UPGRADE:
+                self.upgraded = False
+                server.logger.info(
+                    "%s: Failed websocket upgrade, expected UPGRADE packet, received %s instead.",
+                    self.sid,
+                    pkt,
+                )
+                self.upgrading = False
+                return
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+
+        async def writer() -> None:
+            while True:
+                try:
+                    packets = await self.poll()
+                except engineio.exceptions.QueueEmpty:
+                    break
+                if not packets:
+                    break  # empty packet list returned -> connection closed
+                try:
+                    for pkt in packets:
+                        await ws.send(pkt.encode())
+                except BaseException:
+                    break
+            await ws.close()
+
+        writer_task = asyncio.ensure_future(writer())
+        server.logger.info("%s: Upgrade to websocket successful", self.sid)
+
+        while True:
+            try:
+                async with asyncio.timeout(server.ping_interval + server.ping_timeout):
+                    p = await websocket_wait()
+            except BaseException:  # the stock loop ends on anything, cancellation included
+                break
+            if p is None:
+                break  # connection closed by client
+            try:
+                await self.receive(engineio.packet.Packet(encoded_packet=p))
+            except engineio.exceptions.UnknownPacketError:
+                pass
+            except engineio.exceptions.SocketIsClosedError:
+                server.logger.info("Receive error -- socket is closed")
+                break
+            except BaseException:  # as stock: log it and keep reading
+                # an unexpected error is logged and the connection ends properly
+                server.logger.exception("Unknown receive error")
+
+        await self.queue.put(None)  # unlock the writer task so it can exit
+        await writer_task
+        await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
     def schedule_ping(self) -> None:
         """Arms the next ping, once the previous ping's wait has completed (stock rule)."""
