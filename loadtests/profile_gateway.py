@@ -159,16 +159,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=25_000, help="offered deliveries/s")
     parser.add_argument("--idle", type=int, default=5000, help="sockets closed at once")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "profile")
+    parser.add_argument(
+        "--only",
+        choices=("handshake", "fanout", "close"),
+        action="append",
+        help="profile only these paths (repeatable); all three by default",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     exit_on_sigterm()
     cfg = BenchConfig(runs=1, servers=("sockgate",), idle_steps=(args.idle,))
     with bench_stack(cfg, print) as (stack, gen):
-        raws = [
-            profile_handshakes(stack, gen, args.seconds, args.out),
-            profile_fanout(stack, gen, args.seconds, args.rate, args.out),
-            profile_close(stack, gen, args.idle, args.out),
-        ]
+        only = set(args.only or ("handshake", "fanout", "close"))
+        raws = []
+        if "handshake" in only:
+            raws.append(profile_handshakes(stack, gen, args.seconds, args.out))
+        if "fanout" in only:
+            raws.append(profile_fanout(stack, gen, args.seconds, args.rate, args.out))
+        if "close" in only:
+            raws.append(profile_close(stack, gen, args.idle, args.out))
     for raw in raws:
         if raw.exists():
             print(summarise(raw))

@@ -39,6 +39,7 @@ from services.gateway.presence import Presence
 from services.gateway.presence_store import RedisPresence
 from services.gateway.publish import Publisher
 from services.gateway.quota import RedisQuota, UserQuota
+from services.gateway.redis_batch import ScriptBatch
 from services.gateway.revocations import Revocations
 from services.gateway.server import NAMESPACE, GatewayServer
 from services.gateway.settings import GatewaySettings
@@ -178,7 +179,15 @@ class Gateway:
             limit=settings.max_connections_per_user,
             connections=self.connections,
             store=(
-                RedisQuota(self.redis, liveness=self.liveness)
+                RedisQuota(
+                    self.redis,
+                    liveness=self.liveness,
+                    batch=ScriptBatch(
+                        self.redis,
+                        timeout=settings.redis_op_timeout,
+                        window=settings.redis_batch_window,
+                    ),
+                )
                 if self.redis is not None and self.liveness is not None
                 else None
             ),

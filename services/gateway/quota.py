@@ -33,6 +33,7 @@ from services.gateway.liveness import (
     Liveness,
     replica_key,
 )
+from services.gateway.redis_batch import ScriptBatch
 
 KEY_PREFIX = "sockgate:conns:"
 _BATCH = 500
@@ -90,9 +91,10 @@ class QuotaExceeded(Exception):
 class RedisQuota:
     """The Redis side of the per-user limit; hot-path calls go through ``Liveness``."""
 
-    def __init__(self, redis: Redis, *, liveness: Liveness) -> None:
+    def __init__(self, redis: Redis, *, liveness: Liveness, batch: ScriptBatch) -> None:
         self._redis = redis
         self._liveness = liveness
+        self._batch = batch
         self._admit = redis.register_script(LUA_PRELUDE + _ADMIT)
         self._set = redis.register_script(_SET)
         self._reap = redis.register_script(LUA_PRELUDE + _REAP)
@@ -108,7 +110,7 @@ class RedisQuota:
         """Counts one more socket of ``sub`` here if the cluster-wide total allows it."""
         keys = [user_key(sub), REPLICAS_KEY, self._users()]
         result = await self._liveness.call(
-            "admit", lambda: self._admit(keys=keys, args=[self._me, limit, sub])
+            "admit", lambda: self._batch.run(self._admit, keys, [self._me, limit, sub])
         )
         return bool(result)
 
@@ -116,7 +118,7 @@ class RedisQuota:
         """Counts one socket of ``sub`` less here."""
         keys = [user_key(sub), self._users()]
         await self._liveness.call(
-            "release", lambda: self._set(keys=keys, args=[self._me, sub, -1, "add"])
+            "release", lambda: self._batch.run(self._set, keys, [self._me, sub, -1, "add"])
         )
 
     async def resync(self, local: dict[str, int]) -> None:

@@ -1,0 +1,135 @@
+"""``ScriptBatch`` against a real Redis: one pipeline per loop pass, each caller its own reply."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from services.gateway.redis_batch import MAX_BATCH, ScriptBatch
+from tests.support.processes import RedisServer, free_port
+
+_ECHO = """
+if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. KEYS[1]) end
+redis.call('INCR', KEYS[1])
+return {KEYS[1], ARGV[1]}
+"""
+
+
+class CountingRedis(Redis):
+    """A real client that counts the pipelines it opens."""
+
+    pipelines = 0
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self.pipelines += 1
+        return super().pipeline(*args, **kwargs)
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[CountingRedis]:
+    client = CountingRedis.from_url(redis_server.url, decode_responses=True)
+    await client.delete(*[f"batch-test:{i}" for i in range(600)])
+    await client.script_load(_ECHO)  # loaded, so pipelines are counted without the reload
+    yield client
+    await client.delete(*[f"batch-test:{i}" for i in range(600)])
+    await client.aclose()
+
+
+async def test_calls_of_one_loop_pass_share_one_pipeline(redis: CountingRedis) -> None:
+    batch = ScriptBatch(redis, timeout=5)
+    script = redis.register_script(_ECHO)
+    replies = await asyncio.gather(
+        *(batch.run(script, [f"batch-test:{i}"], [f"v{i}"]) for i in range(50))
+    )
+    assert replies == [[f"batch-test:{i}", f"v{i}"] for i in range(50)]
+    assert redis.pipelines == 1
+    assert await redis.get("batch-test:7") == "1"  # ran once, not retried
+
+    # A later pass is a new batch.
+    assert await batch.run(script, ["batch-test:7"], ["again"]) == ["batch-test:7", "again"]
+    assert redis.pipelines == 2
+
+
+async def test_calls_within_the_window_share_one_pipeline(redis: CountingRedis) -> None:
+    batch = ScriptBatch(redis, timeout=5, window=0.05)
+    script = redis.register_script(_ECHO)
+
+    async def later(i: int) -> Any:
+        await asyncio.sleep(0.002 * i)  # separate loop passes, all within the window
+        return await batch.run(script, [f"batch-test:{i}"], [str(i)])
+
+    replies = await asyncio.gather(*(later(i) for i in range(5)))
+    assert [reply[1] for reply in replies] == [str(i) for i in range(5)]
+    assert redis.pipelines == 1
+
+
+async def test_a_full_batch_goes_out_at_once(redis: CountingRedis) -> None:
+    batch = ScriptBatch(redis, timeout=5, window=30)  # only a full batch can end the wait
+    script = redis.register_script(_ECHO)
+    async with asyncio.timeout(5):
+        replies = await asyncio.gather(
+            *(batch.run(script, [f"batch-test:{i}"], [str(i)]) for i in range(MAX_BATCH))
+        )
+    assert [reply[1] for reply in replies] == [str(i) for i in range(MAX_BATCH)]
+    assert redis.pipelines == 1
+
+
+async def test_a_script_error_fails_only_its_own_caller(redis: CountingRedis) -> None:
+    batch = ScriptBatch(redis, timeout=5)
+    script = redis.register_script(_ECHO)
+    results = await asyncio.gather(
+        batch.run(script, ["batch-test:1"], ["ok"]),
+        batch.run(script, ["batch-test:2"], ["bad"]),
+        batch.run(script, ["batch-test:3"], ["ok"]),
+        return_exceptions=True,
+    )
+    assert results[0] == ["batch-test:1", "ok"]
+    assert isinstance(results[1], ResponseError)
+    assert "refused batch-test:2" in str(results[1])
+    assert results[2] == ["batch-test:3", "ok"]
+
+
+async def test_scripts_are_loaded_again_after_a_flush(redis: CountingRedis) -> None:
+    batch = ScriptBatch(redis, timeout=5)
+    script = redis.register_script(_ECHO)
+    assert await batch.run(script, ["batch-test:1"], ["first"]) == ["batch-test:1", "first"]
+    await redis.script_flush()
+    replies = await asyncio.gather(
+        batch.run(script, ["batch-test:1"], ["after"]),
+        batch.run(script, ["batch-test:2"], ["after"]),
+    )
+    assert replies == [["batch-test:1", "after"], ["batch-test:2", "after"]]
+    assert await redis.get("batch-test:1") == "2"  # NOSCRIPT ran nothing; the retry ran once
+
+
+async def test_an_unreachable_server_fails_every_caller_in_time() -> None:
+    client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    batch = ScriptBatch(client, timeout=2)
+    script = client.register_script(_ECHO)
+    try:
+        async with asyncio.timeout(5):
+            results = await asyncio.gather(
+                *(batch.run(script, [f"batch-test:{i}"], ["x"]) for i in range(5)),
+                return_exceptions=True,
+            )
+    finally:
+        await client.aclose()
+    assert all(isinstance(r, (RedisError, OSError, TimeoutError)) for r in results), results
+
+
+async def test_a_caller_that_gives_up_does_not_disturb_the_others(redis: CountingRedis) -> None:
+    batch = ScriptBatch(redis, timeout=5)
+    script = redis.register_script(_ECHO)
+    impatient = asyncio.ensure_future(batch.run(script, ["batch-test:1"], ["gone"]))
+    patient = asyncio.ensure_future(batch.run(script, ["batch-test:2"], ["here"]))
+    await asyncio.sleep(0)
+    impatient.cancel()
+    assert await patient == ["batch-test:2", "here"]
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    await batch.close()
