@@ -49,9 +49,11 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
       ``sid -> rooms``, kept by ``basic_enter_room`` / ``basic_leave_room``, makes both touch
       only the socket's own rooms.
     - ``emit`` without a callback creates one asyncio task per recipient and waits for them
-      all. Here the packet is encoded once (its Engine.IO form cached in the packet) and put
-      on each recipient's Engine.IO queue directly, in a plain loop; closed sessions are
-      skipped, as the stock send would refuse them.
+      all. Here the packet is encoded once (its Engine.IO form cached in the packet) and, in a
+      plain loop, written straight to each recipient's websocket when its writer is parked on
+      an empty queue (``_LeanSocket.send_now``: no queue, no writer wake-up, frame order
+      kept), else put on its Engine.IO queue; closed sessions are skipped, as the stock send
+      would refuse them.
     """
 
     _metrics: GatewayMetrics
@@ -109,11 +111,14 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
         for eio_pkt in eio_pkts:
             eio_pkt.encode()  # fills the packet's cache: every writer sends the same frame
         sockets = self.server.eio.sockets
+        single = eio_pkts[0] if len(eio_pkts) == 1 else None
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip:
                 continue
             socket = sockets.get(eio_sid)
             if socket is None or socket.closed:
+                continue
+            if single is not None and socket.send_now(single):
                 continue
             queue = socket.queue
             for eio_pkt in eio_pkts:

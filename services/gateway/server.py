@@ -130,18 +130,25 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
 
     async def send(self, message: str | bytes) -> None:
         """Sends one frame; text frames are coalesced per event-loop pass (see the class doc)."""
+        if not isinstance(message, str) or not self.send_text_now(message):
+            await super().send(message)
+
+    def send_text_now(self, message: str) -> bool:
+        """Sends a text frame without waiting, if the coalescing path can take it.
+
+        Returns ``False``, having sent nothing, when the frame must take the stock path
+        (another protocol, handshake not complete, closing, or the transport is paused).
+        """
         proto = self._sansio()
         if (
             proto is None
-            or not isinstance(message, str)
             or proto.disconnected
             or not proto.handshake_complete
             or proto.close_sent
             or proto.initial_response is not None
             or not proto.writable.is_set()
         ):
-            await super().send(message)
-            return
+            return False
         try:
             proto.conn.send_text(message.encode())
         except InvalidState:
@@ -149,6 +156,7 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         if not self._flush_armed:
             self._flush_armed = True
             proto.loop.call_soon(self._flush)
+        return True
 
     async def __call__(self, environ: dict[str, Any]) -> str:
         """Accepts the websocket and runs the Engine.IO handler (the stock steps).
@@ -288,6 +296,12 @@ class PacketQueue:
         """Whether no packet is waiting."""
         return self._head >= len(self._items)
 
+    def parked(self) -> bool:
+        """Whether nothing is queued and a reader is waiting in ``get`` (not yet woken)."""
+        if self._head < len(self._items) or not self._getters:
+            return False
+        return any(not waiter.done() for waiter in self._getters)
+
     def put_nowait(self, item: Any) -> None:
         """Queues ``item`` and wakes one waiting ``get``."""
         self._items.append(item)
@@ -375,6 +389,7 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     """
 
     last_ping: float | None
+    websocket: Any = None  # the session's websocket once it is on one
     connected: bool
     upgraded: bool
     upgrading: bool
@@ -457,6 +472,7 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = True
             self.upgraded = True
+        self.websocket = ws
 
         async def writer() -> None:
             while True:
@@ -498,6 +514,30 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         await self.queue.put(None)  # unlock the writer task so it can exit
         await writer_task
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    def send_now(self, pkt: engineio.packet.Packet) -> bool:
+        """Writes ``pkt`` to the websocket at once, skipping the queue and the writer task.
+
+        Only when that cannot change the order of frames: the socket is on its websocket (not
+        upgrading, not closing) and its writer is parked on an empty queue, so it holds no
+        packet either (a writer that is sending, waiting for a paused transport, or woken and
+        about to run is not parked). Returns ``False``, having sent nothing, when the packet
+        has to be queued instead.
+        """
+        ws = self.websocket
+        if (
+            ws is None
+            or self.upgrading
+            or self.closing
+            or self.closed
+            or not isinstance(ws, _GuardedWebSocket)
+            or not self.queue.parked()
+        ):
+            return False
+        try:
+            return ws.send_text_now(pkt.encode())
+        except ClientDisconnected:
+            return False
 
     def schedule_ping(self) -> None:
         """Arms the next ping, once the previous ping's wait has completed (stock rule)."""

@@ -94,3 +94,22 @@ async def test_packet_queue_wakes_a_waiting_getter_and_joins() -> None:
     await asyncio.wait_for(joined, 1)
     with pytest.raises(ValueError, match="too many"):
         queue.task_done()
+
+
+async def test_packet_queue_is_parked_only_while_its_reader_waits_on_nothing() -> None:
+    """``parked`` is what lets a broadcast skip the queue: reader waiting, nothing held."""
+    queue = PacketQueue()
+    assert not queue.parked()  # nobody reads yet (a writer that is busy elsewhere)
+    reader = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert queue.parked()
+    queue.put_nowait("first")
+    assert not queue.parked()  # woken, not yet run: the packet is still queued
+    assert await reader == "first"
+    assert not queue.parked()  # the reader holds its packet until it asks again
+    reader = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert queue.parked()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    assert not queue.parked()
