@@ -56,6 +56,9 @@ class AbuseMeter:
         return self._level > self._threshold
 
 
+_SWEEP_SLACK = 0.05
+
+
 class HandshakeGate:
     """Engine.IO sessions of this replica that have not yet answered a Socket.IO connect.
 
@@ -71,7 +74,11 @@ class HandshakeGate:
         self._timeout = timeout
         self._expire = expire
         self._pending: set[str] = set()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Session -> deadline, oldest first: every deadline is "armed + timeout", so insertion
+        # order is deadline order and one timer for the oldest serves them all (a timer per
+        # handshake costs more than the check it guards).
+        self._deadlines: dict[str, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def in_flight(self) -> int:
@@ -85,8 +92,7 @@ class HandshakeGate:
     def opened(self, eio_sid: str) -> None:
         """An Engine.IO session opened; it must connect within the timeout."""
         self._pending.add(eio_sid)
-        loop = asyncio.get_running_loop()
-        self._timers[eio_sid] = loop.call_later(self._timeout, self._on_timeout, eio_sid)
+        self._arm(eio_sid)
 
     def unconnected(self, eio_sid: str) -> None:
         """A session lost its Socket.IO connection but stays open: it must reconnect in time.
@@ -94,27 +100,37 @@ class HandshakeGate:
         Without this a client could connect, send DISCONNECT and keep the bare session open,
         outside every per-user and in-flight count.
         """
-        self._cancel(eio_sid)
-        loop = asyncio.get_running_loop()
-        self._timers[eio_sid] = loop.call_later(self._timeout, self._on_timeout, eio_sid)
+        self._arm(eio_sid)
 
     def settled(self, eio_sid: str, *, accepted: bool) -> None:
         """The session's connect was answered; an accepted one also stops its timer."""
         self._pending.discard(eio_sid)
         if accepted:
-            self._cancel(eio_sid)
+            self._deadlines.pop(eio_sid, None)
 
     def closed(self, eio_sid: str) -> None:
         """The session closed."""
         self._pending.discard(eio_sid)
-        self._cancel(eio_sid)
+        self._deadlines.pop(eio_sid, None)
 
-    def _cancel(self, eio_sid: str) -> None:
-        handle = self._timers.pop(eio_sid, None)
-        if handle is not None:
-            handle.cancel()
+    def _arm(self, eio_sid: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadlines.pop(eio_sid, None)  # re-armed: moves to the end, in deadline order
+        self._deadlines[eio_sid] = deadline = loop.time() + self._timeout
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._sweep)
 
-    def _on_timeout(self, eio_sid: str) -> None:
-        self._timers.pop(eio_sid, None)
-        self._pending.discard(eio_sid)
-        self._expire(eio_sid)
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines:
+            eio_sid, deadline = next(iter(deadlines.items()))
+            if deadline > now:
+                # Due ones are gathered a little (one wake-up for a storm's worth).
+                self._timer = loop.call_at(deadline + _SWEEP_SLACK, self._sweep)
+                return
+            del deadlines[eio_sid]
+            self._pending.discard(eio_sid)
+            self._expire(eio_sid)

@@ -386,6 +386,8 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
       per delivered message per recipient. ``asyncio.timeout`` bounds the same wait in place.
     - Every ping cycle started a background task that sleeps ``ping_interval`` (a task, its
       coroutine and a sleep future per idle socket); an event-loop timer does the same.
+    - Every packet went through the queue and woke the writer task; a packet for a websocket
+      whose writer is parked on an empty queue is written at once instead (``send_now``).
     """
 
     last_ping: float | None
@@ -514,6 +516,13 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         await self.queue.put(None)  # unlock the writer task so it can exit
         await writer_task
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    async def send(self, pkt: engineio.packet.Packet) -> None:
+        """Sends a packet to the client: at once when the writer is idle (``send_now``)."""
+        if not await self.check_ping_timeout():
+            return
+        if not self.send_now(pkt):
+            self.queue.put_nowait(pkt)
 
     def send_now(self, pkt: engineio.packet.Packet) -> bool:
         """Writes ``pkt`` to the websocket at once, skipping the queue and the writer task.
