@@ -139,6 +139,11 @@ def main() -> None:
         ws=settings.ws,
         ws_per_message_deflate=False,
         ws_max_size=settings.max_frame_bytes,
+        # Engine.IO's heartbeat (GATEWAY_PING_INTERVAL / GATEWAY_PING_TIMEOUT) already finds
+        # dead peers and keeps proxies from idling sockets out; uvicorn's own websocket pings
+        # would be a second heartbeat: a timer and a frame per socket every 20 s.
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
         lifespan="on",
         log_config=None,
         access_log=False,

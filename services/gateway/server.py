@@ -388,6 +388,8 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
       coroutine and a sleep future per idle socket); an event-loop timer does the same.
     - Every packet went through the queue and woke the writer task; a packet for a websocket
       whose writer is parked on an empty queue is written at once instead (``send_now``).
+    - The websocket reader and writer each waited under a timer re-armed for every frame;
+      they wait without one, and the heartbeat ends silent sessions (``_websocket_handler``).
     """
 
     last_ping: float | None
@@ -397,15 +399,23 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     upgrading: bool
 
     async def poll(self) -> list[Any]:
-        """Waits for packets to send to the client (``QueueEmpty`` on timeout or cancel)."""
+        """Waits for packets to send to the client (``QueueEmpty`` on timeout or cancel).
+
+        A polling request waits at most a ping cycle, as stock. The websocket writer waits
+        without a bound: its session's end always reaches it as the queue's end marker
+        (``close``, the reader's exit, ``EngineServer.disconnect``).
+        """
         queue = self.queue
         try:
             pkt = queue.get_nowait()
         except asyncio.QueueEmpty:
             server = self.server
             try:
-                async with asyncio.timeout(server.ping_interval + server.ping_timeout):
+                if self.websocket is not None:
                     pkt = await queue.get()
+                else:
+                    async with asyncio.timeout(server.ping_interval + server.ping_timeout):
+                        pkt = await queue.get()
             except (TimeoutError, asyncio.CancelledError):
                 raise engineio.exceptions.QueueEmpty() from None
         queue.task_done()
@@ -425,12 +435,16 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         return packets
 
     async def _websocket_handler(self, ws: Any) -> None:
-        """python-engineio's websocket handler, with the reader waiting in place.
+        """python-engineio's websocket handler, with the reader waiting in place, unbounded.
 
-        The stock reader wraps every wait for a frame in a new task and ``asyncio.wait_for``:
-        an idle socket holds that task, its coroutine and a waiter future for its whole life.
-        Here the same bounded wait runs in the handler's own task under ``asyncio.timeout``;
-        the upgrade steps, the writer task and the ending are the stock ones.
+        The stock reader wraps every wait for a frame in a new task and ``asyncio.wait_for``
+        bounded by a ping cycle: an idle socket holds that task, its coroutine, a waiter
+        future and a timer for its whole life, and every frame makes new ones. Here the
+        reader waits in the handler's own task with no timer. A silent client is still cut
+        by the heartbeat: it stops answering pings, python-engineio's service task finds the
+        missed pong (within ``ping_timeout``, one pass over the sessions) and closes the
+        session, and ``close`` ends the writer, which closes the websocket, which ends this
+        reader. The upgrade steps, the writer task and the ending are the stock ones.
         """
         server = self.server
 
@@ -496,8 +510,7 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
 
         while True:
             try:
-                async with asyncio.timeout(server.ping_interval + server.ping_timeout):
-                    p = await websocket_wait()
+                p = await websocket_wait()
             except BaseException:  # the stock loop ends on anything, cancellation included
                 break
             if p is None:
@@ -516,6 +529,19 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         await self.queue.put(None)  # unlock the writer task so it can exit
         await writer_task
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    async def close(
+        self, wait: bool = True, abort: bool = False, reason: str | None = None
+    ) -> None:
+        """Closes the session (stock), then ends its websocket writer, if it has one.
+
+        Stock python-engineio leaves a websocket open after a session closes (a ping timeout,
+        a CLOSE packet) until the reader's next timeout; here the writer gets the queue's end
+        marker after whatever is queued (the CLOSE packet included) and closes the websocket.
+        """
+        await super().close(wait=wait, abort=abort, reason=reason)
+        if self.websocket is not None:
+            self.queue.put_nowait(None)
 
     async def send(self, pkt: engineio.packet.Packet) -> None:
         """Sends a packet to the client: at once when the writer is idle (``send_now``)."""
@@ -558,7 +584,9 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         if self.closing or self.closed:
             return
         self.last_ping = time.time()
-        self.queue.put_nowait(engineio.packet.Packet(engineio.packet.PING))
+        pkt = engineio.packet.Packet(engineio.packet.PING)
+        if not self.send_now(pkt):
+            self.queue.put_nowait(pkt)
 
 
 class _Sessions(dict[str, Any]):

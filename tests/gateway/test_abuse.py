@@ -137,3 +137,35 @@ async def test_sessions_without_a_connection_are_closed(stack: Stack) -> None:
         assert await idle.closed(timeout=5)
         assert await quitter.closed(timeout=5)
         assert time.monotonic() - started < 4
+
+
+async def _answer_pings(sock: RawSocket, seconds: float) -> None:
+    """Answers the server's Engine.IO pings for ``seconds`` (no other frame is expected)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                frame = await sock.recv(timeout=seconds + 5)
+                raise AssertionError(f"unexpected frame {frame!r}")
+    except TimeoutError:
+        pass
+
+
+async def test_a_client_that_stops_answering_pings_is_cut(stack: Stack) -> None:
+    """The Engine.IO heartbeat ends a silent session; a client that answers stays connected."""
+    auth = stack.auth(None)
+    gateway = stack.gateway(auth, None, GATEWAY_PING_INTERVAL="1", GATEWAY_PING_TIMEOUT="1")
+    async with (
+        RawSocket.open(gateway.url, ping_interval=None) as silent,
+        RawSocket.open(gateway.url, ping_interval=None) as alive,
+    ):
+        assert (await silent.connect(auth.signer.token())).startswith("40")
+        assert (await alive.connect(auth.signer.token())).startswith("40")
+        assert gateway.metric("gateway_connected_sockets") == 2
+        started = time.monotonic()
+        answering = asyncio.create_task(_answer_pings(alive, 6))
+        # A ping after 1 s, its pong due 1 s later, found within one more ping_timeout.
+        assert await silent.closed(timeout=8)
+        assert time.monotonic() - started < 5
+        await answering  # five pings answered in time: still open
+        assert alive.ws.close_code is None
+        assert gateway.metric("gateway_connected_sockets") == 1
