@@ -67,6 +67,26 @@ def presented_token(auth: object, environ: Mapping[str, Any]) -> object:
     return credentials.strip()
 
 
+# A later CONNECT on the same Engine.IO session may still take its token from this header.
+_KEPT_HEADERS = frozenset({"HTTP_AUTHORIZATION"})
+
+
+def forget_request_headers(environ: dict[str, Any]) -> None:
+    """Drops the handshake request's headers once its socket is admitted.
+
+    python-socketio keeps the Engine.IO handshake's environ, and through it the ASGI scope, for
+    the socket's life: each holds its own copy of every request header (~2.5 KB a socket).
+    Nothing reads them after the connect but a later CONNECT on the same session, whose token
+    may come from the Authorization header, which is kept.
+    """
+    for key in [key for key in environ if key.startswith("HTTP_")]:
+        if key not in _KEPT_HEADERS:
+            del environ[key]
+    scope = environ.get("asgi.scope")
+    if isinstance(scope, dict) and scope.get("headers"):
+        scope["headers"] = []
+
+
 class Handshake:
     """Admits sockets (``connect``) and forgets them (``disconnect``)."""
 
@@ -117,6 +137,7 @@ class Handshake:
             self._server.gate.settled(eio_sid, accepted=accepted)
             self._metrics.handshake_seconds.observe(time.perf_counter() - started)
         self._metrics.handshakes.labels("accepted", "").inc()
+        forget_request_headers(environ)
         log.debug("socket connected", extra={"sub": conn.sub, "sid": sid})
 
     async def _admit(

@@ -16,7 +16,7 @@ import time
 import pytest
 import socketio
 
-from tests.gateway.clients import NodeClients, PyClient
+from tests.gateway.clients import NodeClients, PyClient, RawSocket
 from tests.gateway.conftest import ALLOWED_ORIGIN, Cluster, unique
 from tests.support.keys import mint, new_rsa_key, public_pem
 
@@ -183,3 +183,20 @@ async def test_connecting_costs_no_auth_service_call(cluster: Cluster, node: Nod
         await node.connect(f"c{index}", cluster.a.url, token=cluster.signer.token())
     assert cluster.a.metric("gateway_auth_service_calls_total") == 0
     assert cluster.a.metric("gateway_handshakes_total", result="accepted", code="") >= 5
+
+
+async def test_a_header_token_serves_a_second_connect_on_the_same_session(
+    cluster: Cluster,
+) -> None:
+    """Admitted sockets forget the request's headers, except the Authorization header."""
+    token = cluster.signer.token()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with RawSocket.open(cluster.a.url, additional_headers=headers) as sock:
+        await sock.send("40")
+        first = await sock.recv()
+        assert isinstance(first, str) and first.startswith("40{"), first
+        await sock.send("41")  # leaves the namespace; the Engine.IO session stays
+        await sock.send("40")
+        again = await sock.recv()
+        assert isinstance(again, str) and again.startswith("40{"), again
+        assert again != first  # a new Socket.IO session id
