@@ -79,9 +79,9 @@ def forget_request_headers(environ: dict[str, Any]) -> None:
     Nothing reads them after the connect but a later CONNECT on the same session, whose token
     may come from the Authorization header, which is kept.
     """
-    for key in [key for key in environ if key.startswith("HTTP_")]:
-        if key not in _KEPT_HEADERS:
-            del environ[key]
+    kept = {k: v for k, v in environ.items() if not k.startswith("HTTP_") or k in _KEPT_HEADERS}
+    environ.clear()  # a dict never shrinks on deletes; cleared and refilled, it does
+    environ.update(kept)
     scope = environ.get("asgi.scope")
     if isinstance(scope, dict) and scope.get("headers"):
         scope["headers"] = []

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -209,6 +210,8 @@ def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
       ``PacketQueue``, which has the three methods uvicorn uses (``put_nowait``, ``get``,
       ``empty``). Only the ASGI app's task reads it and it is not waiting here: whatever is
       queued moves over in order.
+    - The flow-control ``asyncio.Event`` (``writable``) becomes a ``Flag``, unless something
+      already waits on it.
     """
     request = getattr(proto, "request", None)
     if request is not None:
@@ -220,6 +223,56 @@ def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
     while not old.empty():
         queue.put_nowait(old.get_nowait())
     proto.queue = queue  # type: ignore[assignment]
+    writable = proto.writable
+    if not getattr(writable, "_waiters", None):  # nobody waits on it yet: safe to swap
+        proto.writable = Flag(writable.is_set())  # type: ignore[assignment]
+
+
+class Flag:
+    """``asyncio.Event``'s interface (``set``, ``clear``, ``is_set``, ``wait``), smaller.
+
+    uvicorn keeps an ``asyncio.Event`` per websocket for flow control (``writable``); with its
+    waiter deque it costs ~0.7 KB per connection though almost nobody ever waits on it.
+    """
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self, value: bool = False) -> None:
+        self._value = value
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return self._value
+
+    def set(self) -> None:
+        """Sets the flag and wakes every waiter."""
+        if self._value:
+            return
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        """Clears the flag."""
+        self._value = False
+
+    async def wait(self) -> bool:
+        """Returns at once if set, else when ``set`` is next called."""
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 class MalformedPayload(EngineIOError):  # type: ignore[misc]
@@ -385,7 +438,8 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
       ``asyncio.wait_for``, which wraps the queue read in a new task at every wake-up: one task
       per delivered message per recipient. ``asyncio.timeout`` bounds the same wait in place.
     - Every ping cycle started a background task that sleeps ``ping_interval`` (a task, its
-      coroutine and a sleep future per idle socket); an event-loop timer does the same.
+      coroutine and a sleep future per idle socket); the server's ``PingWheel`` does the
+      same for all sessions on one timer.
     - Every packet went through the queue and woke the writer task; a packet for a websocket
       whose writer is parked on an empty queue is written at once instead (``send_now``).
     - The websocket reader and writer each waited under a timer re-armed for every frame;
@@ -406,9 +460,9 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         (``close``, the reader's exit, ``EngineServer.disconnect``).
         """
         queue = self.queue
-        try:
-            pkt = queue.get_nowait()
-        except asyncio.QueueEmpty:
+        if queue.empty():
+            # Waits outside any ``except`` block: a caught exception would stay alive, with
+            # its traceback, for as long as the socket is idle.
             server = self.server
             try:
                 if self.websocket is not None:
@@ -418,6 +472,8 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
                         pkt = await queue.get()
             except (TimeoutError, asyncio.CancelledError):
                 raise engineio.exceptions.QueueEmpty() from None
+        else:
+            pkt = queue.get_nowait()
         queue.task_done()
         if pkt is None:
             return []
@@ -515,8 +571,9 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
                 break
             if p is None:
                 break  # connection closed by client
+            pkt, p = engineio.packet.Packet(encoded_packet=p), None
             try:
-                await self.receive(engineio.packet.Packet(encoded_packet=p))
+                await self.receive(pkt)
             except engineio.exceptions.UnknownPacketError:
                 pass
             except engineio.exceptions.SocketIsClosedError:
@@ -525,6 +582,9 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             except BaseException:  # as stock: log it and keep reading
                 # an unexpected error is logged and the connection ends properly
                 server.logger.exception("Unknown receive error")
+            # Not kept while the socket is idle (the last frame is often the CONNECT, token and
+            # all).
+            pkt = None
 
         await self.queue.put(None)  # unlock the writer task so it can exit
         await writer_task
@@ -578,15 +638,55 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         """Arms the next ping, once the previous ping's wait has completed (stock rule)."""
         if self.last_ping:
             self.last_ping = None
-            asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping)
+            self.server.pings.add(self)
 
-    def _ping(self) -> None:
+    def ping_due(self) -> None:
+        """Sends the next ping (called by the server's ``PingWheel``)."""
         if self.closing or self.closed:
             return
         self.last_ping = time.time()
         pkt = engineio.packet.Packet(engineio.packet.PING)
         if not self.send_now(pkt):
             self.queue.put_nowait(pkt)
+
+
+class PingWheel:
+    """When each session's next ping is due, for all sessions, on one event-loop timer.
+
+    Every session waits the same ``interval`` between a pong and its next ping, so sessions
+    queued in the order they were added are also in the order they are due: the timer only
+    ever waits for the oldest, and each firing pings every session due by then (``slack``
+    lets a burst of them go out in one pass). A timer per session costs ~0.5 KB each and one
+    more timer set and cancelled per ping.
+    """
+
+    def __init__(self, interval: float, *, slack: float = 0.05) -> None:
+        self._interval = interval
+        self._slack = slack
+        self._due: deque[tuple[float, _LeanSocket]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, socket: _LeanSocket) -> None:
+        """Pings ``socket`` (its ``ping_due``) one interval from now."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._interval
+        self._due.append((due, socket))
+        if self._timer is None:
+            self._timer = loop.call_at(due + self._slack, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        queue = self._due
+        while queue and queue[0][0] <= now:
+            _, socket = queue.popleft()
+            socket.ping_due()
+        if queue:
+            self._timer = loop.call_at(queue[0][0] + self._slack, self._fire)
 
 
 class _Sessions(dict[str, Any]):
@@ -621,6 +721,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sockets = _Sessions()
+        self.pings = PingWheel(self.ping_interval)
         # The driver table python-engineio picked for async_mode="asgi", with two entries
         # replaced by checked versions.
         drivers: dict[str, Any] = dict(getattr(self, "_async", {}))

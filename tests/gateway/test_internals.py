@@ -14,7 +14,7 @@ from socketio.base_manager import BaseManager
 
 from services.gateway.fanout import LocalManager
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.server import PacketQueue
+from services.gateway.server import Flag, PacketQueue
 from shared.metrics import new_registry
 
 
@@ -113,3 +113,27 @@ async def test_packet_queue_is_parked_only_while_its_reader_waits_on_nothing() -
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     assert not queue.parked()
+
+
+@pytest.mark.parametrize("make", [asyncio.Event, Flag], ids=["asyncio.Event", "Flag"])
+async def test_flag_behaves_like_an_asyncio_event(make: type[asyncio.Event] | type[Flag]) -> None:
+    """uvicorn's flow control uses ``set``, ``clear``, ``is_set`` and ``wait``."""
+    flag = make()
+    assert not flag.is_set()
+    waiters = [asyncio.ensure_future(flag.wait()) for _ in range(3)]
+    cancelled = asyncio.ensure_future(flag.wait())
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    flag.set()
+    assert flag.is_set()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert await flag.wait() is True  # set: returns at once
+    flag.clear()
+    assert not flag.is_set()
+    late = asyncio.ensure_future(flag.wait())
+    await asyncio.sleep(0)
+    assert not late.done()
+    flag.set()
+    assert await late is True
