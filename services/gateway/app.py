@@ -175,20 +175,22 @@ class Gateway:
             ),
             max_members=settings.who_max_members,
         )
+        self.quota_batch: ScriptBatch | None = None
+        if self.redis is not None and self.liveness is not None:
+            self.quota_batch = ScriptBatch(
+                self.redis,
+                timeout=settings.redis_op_timeout,
+                window=settings.redis_batch_window,
+                on_error=self.liveness.failed,
+            )
         self.quota = UserQuota(
             limit=settings.max_connections_per_user,
             connections=self.connections,
             store=(
-                RedisQuota(
-                    self.redis,
-                    liveness=self.liveness,
-                    batch=ScriptBatch(
-                        self.redis,
-                        timeout=settings.redis_op_timeout,
-                        window=settings.redis_batch_window,
-                    ),
-                )
-                if self.redis is not None and self.liveness is not None
+                RedisQuota(self.redis, liveness=self.liveness, batch=self.quota_batch)
+                if self.redis is not None
+                and self.liveness is not None
+                and self.quota_batch is not None
                 else None
             ),
         )
@@ -279,6 +281,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Releases Redis, the key source and Socket.IO's background task."""
+        if self.quota_batch is not None:
+            await self.quota_batch.close()  # the last disconnects' releases
         if self.liveness is not None:
             await self.liveness.close()
         if self.subscriber is not None:

@@ -195,7 +195,7 @@ class Handshake:
             self._server.gate.unconnected(conn.eio_sid)
         log.debug("socket disconnected", extra={"sub": conn.sub, "sid": sid, "reason": reason})
         try:
-            await self._quota.released(conn.sub)
+            self._quota.released(conn.sub)
         except Exception:
             log.exception("releasing a connection's place failed")
         for room in sorted(conn.rooms):

@@ -156,17 +156,28 @@ class Liveness:
     async def call(self, op: str, command: Callable[[], Awaitable[T]]) -> T:
         """Runs ``command`` against Redis for a hot path, or raises ``ClusterUnavailable``."""
         if not self._up():
-            self._lost(op)
+            self.lost(op)
             raise ClusterUnavailable(op)
         try:
             async with asyncio.timeout(self._timeout):
                 return await command()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._lost(op)
+            self.lost(op)
             log.warning("a cluster state update failed", extra={"op": op, "error": repr(exc)})
             raise ClusterUnavailable(op) from None
 
-    def _lost(self, op: str) -> None:
+    @property
+    def up(self) -> bool:
+        """Whether hot-path calls are attempted (the subscription is up)."""
+        return self._up()
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        """A hot-path write nobody waited for failed (``ScriptBatch.post``): resync later."""
+        self.lost(op)
+        log.warning("a cluster state update failed", extra={"op": op, "error": repr(exc)})
+
+    def lost(self, op: str) -> None:
+        """A hot-path write was skipped or lost (counted): the next beat resyncs."""
         self._metrics.cluster_state_errors.labels(op).inc()
         self._dirty = True
 

@@ -19,7 +19,6 @@ everyone) and rewrites its counts once Redis answers again.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -114,12 +113,17 @@ class RedisQuota:
         )
         return bool(result)
 
-    async def release(self, sub: str) -> None:
-        """Counts one socket of ``sub`` less here."""
+    def release(self, sub: str) -> None:
+        """Counts one socket of ``sub`` less here, in the next batch (nothing waits for it).
+
+        A failure marks the replica's cluster state for a resync (``Liveness.failed``), which
+        rewrites its counts from memory; so does a release skipped while Redis is down.
+        """
+        if not self._liveness.up:
+            self._liveness.lost("release")
+            return
         keys = [user_key(sub), self._users()]
-        await self._liveness.call(
-            "release", lambda: self._batch.run(self._set, keys, [self._me, sub, -1, "add"])
-        )
+        self._batch.post(self._set, keys, [self._me, sub, -1, "add"], op="release")
 
     async def resync(self, local: dict[str, int]) -> None:
         """Makes this replica's counts exactly ``local`` (user -> sockets here)."""
@@ -183,7 +187,7 @@ class UserQuota:
                 yield
             except BaseException:
                 if counted:
-                    await self.released(sub)
+                    self.released(sub)
                 raise
         finally:
             left = self._pending[sub] - 1
@@ -192,12 +196,10 @@ class UserQuota:
             else:
                 del self._pending[sub]
 
-    async def released(self, sub: str) -> None:
+    def released(self, sub: str) -> None:
         """One socket of ``sub`` went away (or a place held for it was given back)."""
         if self._store is not None:
-            # Without Redis the count is rewritten from memory once it is back.
-            with contextlib.suppress(ClusterUnavailable):
-                await self._store.release(sub)
+            self._store.release(sub)
 
     # -- ReplicaState (see liveness) --------------------------------------------------------
 

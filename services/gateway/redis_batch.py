@@ -1,26 +1,30 @@
-"""Hot-path Redis scripts sent together: one pipeline per event-loop pass, not one call each.
+"""Hot-path Redis scripts sent together: one pipeline at a time, not one call each.
 
 Every handshake and every disconnect in cluster mode runs one small script (``quota``). Sent
 one by one, each pays redis-py's whole command path (pool checkout, retry wrapper, its own
-write and read); under a connection storm that costs more CPU than the script itself. Here the
-calls made within a short window (``GATEWAY_REDIS_BATCH_WINDOW``, 5 ms; 0 means the rest of the
-event-loop pass) are queued and go out as one non-transactional pipeline: one checkout, one
-write, replies read in order, and each caller gets its own reply (or its own error) back. The
-window matters more than the redis-py path: every round trip wakes the replica for a reply or
-two, and under a connection storm those wake-ups cost more than the calls (measured in
-docs/benchmarks.md). A full batch (``MAX_BATCH``) goes out at once. Nothing about the scripts
-changes: each still runs atomically on its own.
+write and read) and, worse, its reply wakes the replica for one socket: under a connection
+storm those wake-ups cost more CPU than the calls (measured in docs/benchmarks.md). Here calls
+are queued and go out as one non-transactional pipeline: one checkout, one write, replies read
+in order, each caller getting its own reply (or its own error) back.
 
-Failures reach every caller of the batch: a connection error or timeout fails them all (the
-caller's ``Liveness.call`` turns that into ``ClusterUnavailable``), a script error fails only
-its own caller, and ``NOSCRIPT`` (a restarted or flushed Redis) loads the script and sends the
-affected calls once more.
+- The first call after a quiet moment waits ``GATEWAY_REDIS_BATCH_WINDOW`` (5 ms; 0 means the
+  rest of the event-loop pass) so the calls of a burst share its pipeline.
+- One pipeline is in flight at a time (one connection): calls made meanwhile form the next
+  one, which goes out as soon as the reply is in. Under load, batches grow by themselves
+  instead of opening connections; a close storm of 10,000 sockets is a handful of pipelines.
+- ``run`` waits for the reply; ``post`` does not (a disconnect needs no answer) and its
+  failures are reported once per batch to ``on_error``, not once per call.
+
+Each script still runs atomically on its own. A connection error or timeout fails every call
+of its batch, a script error only its own call, and ``NOSCRIPT`` (a restarted or flushed
+Redis) loads the script and sends the affected calls once more.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +33,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-# A batch this large goes out at once (bounds one write and one reply buffer).
-MAX_BATCH = 256
+# The most calls in one pipeline (bounds one write and one reply buffer).
+MAX_BATCH = 1024
 
 
 @dataclass(slots=True)
@@ -38,51 +42,89 @@ class _Call:
     script: AsyncScript
     args: tuple[Any, ...]
     key_count: int
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None  # None: posted, nobody waits for the reply
+    op: str
 
 
 class ScriptBatch:
-    """Runs registered scripts, coalescing the calls of one loop pass into one pipeline."""
+    """Runs registered scripts through one pipeline at a time (see the module doc)."""
 
-    def __init__(self, redis: Redis, *, timeout: float, window: float = 0.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        timeout: float,
+        window: float = 0.0,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._timeout = timeout
         self._window = window
-        self._timer: asyncio.TimerHandle | None = None
+        self._on_error = on_error
         self._queue: list[_Call] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._armed = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sender: asyncio.Task[None] | None = None
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """``script(keys, args)``'s reply, sent with the other calls of this loop pass."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Call(script, (*keys, *args), len(keys), future))
-        if len(self._queue) >= MAX_BATCH:
-            self._send_queued()
-        elif not self._armed:
-            self._armed = True
-            if self._window > 0:
-                self._timer = loop.call_later(self._window, self._send_queued)
-            else:
-                loop.call_soon(self._send_queued)
+        """``script(keys, args)``'s reply, sent in the next batch."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._add(_Call(script, (*keys, *args), len(keys), future, ""))
         return await future
 
-    async def close(self) -> None:
-        """Waits for the batches in flight (each bounded by the timeout)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+    def post(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], op: str) -> None:
+        """Sends ``script(keys, args)`` in the next batch without waiting for it.
 
-    def _send_queued(self) -> None:
+        If the batch fails, ``on_error(op, exc)`` is called once for the ``op`` of its posted
+        calls.
+        """
+        self._add(_Call(script, (*keys, *args), len(keys), None, op))
+
+    async def close(self) -> None:
+        """Sends what is queued and waits for it (bounded by the timeout)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._armed = False
-        queue, self._queue = self._queue, []
-        if queue:
-            task = asyncio.ensure_future(self._send(queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._start()
+        if self._sender is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(self._sender)
+
+    def _add(self, call: _Call) -> None:
+        self._queue.append(call)
+        if self._sender is not None:
+            return  # the batch in flight takes the queue along when it is done
+        if len(self._queue) >= MAX_BATCH:
+            self._fire()  # full: no reason to wait for the window
+            return
+        if self._armed:
+            return
+        self._armed = True
+        loop = asyncio.get_running_loop()
+        if self._window > 0:
+            self._timer = loop.call_later(self._window, self._fire)
+        else:
+            loop.call_soon(self._fire)
+
+    def _fire(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed = False
+        self._start()
+
+    def _start(self) -> None:
+        if self._sender is None and self._queue:
+            self._sender = asyncio.ensure_future(self._send_all())
+
+    async def _send_all(self) -> None:
+        try:
+            while self._queue:
+                calls, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                await self._send(calls)
+        finally:
+            self._sender = None
 
     async def _send(self, calls: list[_Call]) -> None:
         try:
@@ -96,19 +138,40 @@ class ScriptBatch:
                     for i, reply in zip(missing, again, strict=True):
                         replies[i] = reply
         except BaseException as exc:
-            for call in calls:
-                if not call.future.done():
-                    call.future.set_exception(_copy(exc))
+            self._fail(calls, exc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+                self._fail(self._queue, exc)  # shutting down: nothing more goes out
+                self._queue = []
                 raise
             return
+        failed_ops: dict[str, BaseException] = {}
         for call, reply in zip(calls, replies, strict=True):
-            if call.future.done():
+            future = call.future
+            if future is None:
+                if isinstance(reply, Exception):
+                    failed_ops.setdefault(call.op, reply)
+            elif future.done():
                 continue  # its caller gave up (timeout, cancellation)
-            if isinstance(reply, Exception):
-                call.future.set_exception(reply)
+            elif isinstance(reply, Exception):
+                future.set_exception(reply)
             else:
-                call.future.set_result(reply)
+                future.set_result(reply)
+        for op, error in failed_ops.items():
+            self._report(op, error)
+
+    def _fail(self, calls: list[_Call], exc: BaseException) -> None:
+        posted: set[str] = set()
+        for call in calls:
+            if call.future is None:
+                posted.add(call.op)
+            elif not call.future.done():
+                call.future.set_exception(_copy(exc))
+        for op in sorted(posted):
+            self._report(op, exc)
+
+    def _report(self, op: str, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(op, exc)
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         # EVALSHA directly: a pipeline that knows about scripts checks SCRIPT EXISTS first,

@@ -79,6 +79,37 @@ async def test_a_full_batch_goes_out_at_once(redis: CountingRedis) -> None:
     assert redis.pipelines == 1
 
 
+async def test_one_pipeline_in_flight_the_rest_waits_for_it(redis: CountingRedis) -> None:
+    """Calls made while a batch is out form the next batch, sent when its reply is in."""
+    batch = ScriptBatch(redis, timeout=5)
+    script = redis.register_script(_ECHO)
+    first = asyncio.ensure_future(batch.run(script, ["batch-test:1"], ["first"]))
+    async with asyncio.timeout(5):
+        while redis.pipelines == 0:  # until the first batch is out (its reply not yet read)
+            await asyncio.sleep(0)
+    assert not first.done()
+    later = [asyncio.ensure_future(batch.run(script, [f"batch-test:{i}"], [str(i)]))
+             for i in range(2, 40)]  # fmt: skip
+    assert await first == ["batch-test:1", "first"]
+    replies = await asyncio.gather(*later)
+    assert [reply[1] for reply in replies] == [str(i) for i in range(2, 40)]
+    assert redis.pipelines == 2  # all 38 in the second
+
+
+async def test_posted_calls_run_and_report_failures_once_per_batch(redis: CountingRedis) -> None:
+    errors: list[tuple[str, str]] = []
+    batch = ScriptBatch(redis, timeout=5, on_error=lambda op, exc: errors.append((op, str(exc))))
+    script = redis.register_script(_ECHO)
+    for i in range(10):
+        batch.post(script, [f"batch-test:{i}"], ["ok"], op="release")
+    for i in range(3):
+        batch.post(script, [f"batch-test:{i}"], ["bad"], op="release")
+    await batch.close()
+    assert [await redis.get(f"batch-test:{i}") for i in range(10)] == ["1"] * 10
+    assert len(errors) == 1 and errors[0][0] == "release"
+    assert "refused batch-test:0" in errors[0][1]
+
+
 async def test_a_script_error_fails_only_its_own_caller(redis: CountingRedis) -> None:
     batch = ScriptBatch(redis, timeout=5)
     script = redis.register_script(_ECHO)
@@ -109,17 +140,21 @@ async def test_scripts_are_loaded_again_after_a_flush(redis: CountingRedis) -> N
 
 async def test_an_unreachable_server_fails_every_caller_in_time() -> None:
     client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
-    batch = ScriptBatch(client, timeout=2)
+    errors: list[str] = []
+    batch = ScriptBatch(client, timeout=2, on_error=lambda op, exc: errors.append(op))
     script = client.register_script(_ECHO)
     try:
         async with asyncio.timeout(5):
+            batch.post(script, ["batch-test:0"], ["x"], op="release")
             results = await asyncio.gather(
                 *(batch.run(script, [f"batch-test:{i}"], ["x"]) for i in range(5)),
                 return_exceptions=True,
             )
+            await batch.close()
     finally:
         await client.aclose()
     assert all(isinstance(r, (RedisError, OSError, TimeoutError)) for r in results), results
+    assert errors == ["release"]
 
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(redis: CountingRedis) -> None:
