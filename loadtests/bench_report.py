@@ -39,6 +39,11 @@ class Figure:
     target: float | None
     target_text: str
     digits: int = 0
+    # Share of a rate target that counts as meeting it. A measured delivery rate divides by
+    # the span from the first send to the last delivery, so even a run that delivers every
+    # message on time lands a little under the offered rate (the Node baseline's 49,962/s at
+    # 50,000/s offered, say).
+    tolerance: float = 0.0
 
 
 FIGURES = (
@@ -57,6 +62,7 @@ FIGURES = (
         True,
         50_000,
         "≥ 50,000",
+        tolerance=0.01,
     ),
     Figure("fanout_p50_ms", "fan-out delivery p50 at that rate", "ms", False, None, "", 1),
     Figure("fanout_p99_ms", "fan-out delivery p99 at that rate", "ms", False, 50, "< 50", 1),
@@ -67,6 +73,7 @@ FIGURES = (
         True,
         50_000,
         "≥ 50,000",
+        tolerance=0.01,
     ),
     Figure("cpu_us_per_delivery", "server CPU per delivery at 50,000/s", "µs", False, None, "", 1),
 )
@@ -170,11 +177,13 @@ def meets_target(figure: Figure, value: float) -> bool:
         return value < figure.target
     if figure.target_text.startswith("≤"):
         return value <= figure.target
-    return value >= figure.target
+    return value >= figure.target * (1 - figure.tolerance)
 
 
 def _worse(figure: Figure, value: float, other: float) -> bool:
-    return value < other if figure.higher_is_better else value > other
+    if figure.higher_is_better:
+        return value < other * (1 - figure.tolerance)
+    return value > other
 
 
 def met(figure: Figure, value: float | None, node: float | None) -> str:
@@ -503,7 +512,10 @@ Pinning: {pinning}.
 
 {summary_table(meds)}
 
-Floors: {FLOOR_SOURCE}. "met" needs the target and at least the Node baseline.
+Floors: {FLOOR_SOURCE}. "met" needs the target and at least the Node baseline. A delivery
+rate meets its target, and matches Node's, within 1 %: the measured rate divides by the span
+from the first send to the last delivery, so a run that delivers everything on time still lands
+just under the offered rate.
 
 ### Handshakes
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from loadtests.bench_report import FIGURES, met
 from loadtests.mint_tokens import MintRefused, check_allowed
 from shared.tokens import TokenVerifier
 from tests.support.keys import new_rsa_key, thumbprint_kid, write_key
@@ -153,3 +154,16 @@ def test_locust_scenarios_load_with_their_users_and_one_shape() -> None:
     assert lines["broadcast.py"] == "['ListenerUser', 'PublisherUser'] ['BroadcastShape']"
     assert lines["token_churn.py"] == "['ChurnUser'] ['ChurnShape']"
     assert lines["login_storm.py"] == "['LoginUser'] ['LoginStepShape']"
+
+
+def test_rate_targets_allow_the_measurement_window_and_nothing_more() -> None:
+    """A delivery rate within 1 % of the target meets it; other figures stay strict."""
+    figures = {figure.key: figure for figure in FIGURES}
+    rate, p99 = figures["deliveries_per_s"], figures["fanout_p99_ms"]
+    assert met(rate, 49_942, 49_962) == "✓"
+    assert met(rate, 49_000, 49_962) == "✗ target, Node"
+    assert met(rate, 49_942, 52_000) == "✗ Node"
+    assert met(p99, 49.9, 4.4) == "✗ Node"
+    assert met(p99, 50.0, 60.0) == "✗ target"
+    connects = figures["connects_per_s"]
+    assert met(connects, 1_999, 1_000) == "✗ target"

@@ -119,9 +119,9 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
         0.005,
         ge=0,
         le=0.05,
-        description="Seconds the per-user limit's Redis calls are gathered before they go out "
-        "as one pipeline (0: at the end of the event-loop pass). Each round trip wakes the "
-        "replica; under a connection storm fewer, larger batches save CPU per handshake.",
+        description="Seconds the first per-user-limit Redis call after a quiet moment waits "
+        "for others to share its pipeline (0: the rest of the event-loop pass). Each round "
+        "trip wakes the replica; under a connection storm fewer, larger batches save CPU.",
     )
     revocation_retention: float = Field(
         86400.0,
