@@ -212,6 +212,8 @@ def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
       queued moves over in order.
     - The flow-control ``asyncio.Event`` (``writable``) becomes a ``Flag``, unless something
       already waits on it.
+    - The protocol's attribute dict, which outgrew its shared-key table during the handshake,
+      is replaced by a compact copy.
     """
     request = getattr(proto, "request", None)
     if request is not None:
@@ -226,6 +228,9 @@ def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
     writable = proto.writable
     if not getattr(writable, "_waiters", None):  # nobody waits on it yet: safe to swap
         proto.writable = Flag(writable.is_set())  # type: ignore[assignment]
+    # The protocol's attributes outgrew their shared-key table during the handshake (~1.6 KB);
+    # a copy of the same mapping is half that size.
+    proto.__dict__ = dict(proto.__dict__)
 
 
 class Flag:
