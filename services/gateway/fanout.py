@@ -50,10 +50,9 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
       only the socket's own rooms.
     - ``emit`` without a callback creates one asyncio task per recipient and waits for them
       all. Here the packet is encoded once (its Engine.IO form cached in the packet) and, in a
-      plain loop, written straight to each recipient's websocket when its writer is parked on
-      an empty queue (``_LeanSocket.send_now``: no queue, no writer wake-up, frame order
-      kept), else put on its Engine.IO queue; closed sessions are skipped, as the stock send
-      would refuse them.
+      plain loop, written straight to each recipient's websocket when nothing is queued for
+      it (``_LeanSocket.send_now``: no queue, no writer task, frame order kept), else put on
+      its Engine.IO queue; closed sessions are skipped, as the stock send would refuse them.
     """
 
     _metrics: GatewayMetrics

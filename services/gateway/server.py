@@ -337,7 +337,7 @@ class PacketQueue:
     ``qsize``/``empty``) on one list and waiter lists made only when someone waits.
     """
 
-    __slots__ = ("_getters", "_head", "_items", "_joiners", "_unfinished")
+    __slots__ = ("_getters", "_head", "_items", "_joiners", "_unfinished", "on_put")
 
     def __init__(self) -> None:
         self._items: list[Any] = []
@@ -345,6 +345,8 @@ class PacketQueue:
         self._unfinished = 0
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
+        # Called after every put (a websocket session starts its writer with it).
+        self.on_put: Callable[[], None] | None = None
 
     def qsize(self) -> int:
         """Packets waiting."""
@@ -354,18 +356,14 @@ class PacketQueue:
         """Whether no packet is waiting."""
         return self._head >= len(self._items)
 
-    def parked(self) -> bool:
-        """Whether nothing is queued and a reader is waiting in ``get`` (not yet woken)."""
-        if self._head < len(self._items) or not self._getters:
-            return False
-        return any(not waiter.done() for waiter in self._getters)
-
     def put_nowait(self, item: Any) -> None:
         """Queues ``item`` and wakes one waiting ``get``."""
         self._items.append(item)
         self._unfinished += 1
         if self._getters:
             self._wake_getter()
+        if self.on_put is not None:
+            self.on_put()
 
     async def put(self, item: Any) -> None:
         """``put_nowait`` (the queue is unbounded)."""
@@ -445,36 +443,32 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     - Every ping cycle started a background task that sleeps ``ping_interval`` (a task, its
       coroutine and a sleep future per idle socket); the server's ``PingWheel`` does the
       same for all sessions on one timer.
-    - Every packet went through the queue and woke the writer task; a packet for a websocket
-      whose writer is parked on an empty queue is written at once instead (``send_now``).
+    - Every websocket had a writer task waiting on its queue for its whole life, and every
+      packet went through the queue and woke it. A packet is now written at once when nothing
+      is queued (``send_now``), and a writer task runs only while packets are queued
+      (``_write_queued``).
     - The websocket reader and writer each waited under a timer re-armed for every frame;
       they wait without one, and the heartbeat ends silent sessions (``_websocket_handler``).
     """
 
     last_ping: float | None
     websocket: Any = None  # the session's websocket once it is on one
+    writer: asyncio.Task[None] | None = None  # sending queued packets, while there are any
+    writer_ended = False  # the end marker was taken: the websocket is closing
     connected: bool
     upgraded: bool
     upgrading: bool
 
     async def poll(self) -> list[Any]:
-        """Waits for packets to send to the client (``QueueEmpty`` on timeout or cancel).
-
-        A polling request waits at most a ping cycle, as stock. The websocket writer waits
-        without a bound: its session's end always reaches it as the queue's end marker
-        (``close``, the reader's exit, ``EngineServer.disconnect``).
-        """
+        """Waits for packets for a polling request (``QueueEmpty`` on timeout or cancel)."""
         queue = self.queue
         if queue.empty():
             # Waits outside any ``except`` block: a caught exception would stay alive, with
-            # its traceback, for as long as the socket is idle.
+            # its traceback, for as long as the request waits.
             server = self.server
             try:
-                if self.websocket is not None:
+                async with asyncio.timeout(server.ping_interval + server.ping_timeout):
                     pkt = await queue.get()
-                else:
-                    async with asyncio.timeout(server.ping_interval + server.ping_timeout):
-                        pkt = await queue.get()
             except (TimeoutError, asyncio.CancelledError):
                 raise engineio.exceptions.QueueEmpty() from None
         else:
@@ -550,23 +544,8 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             self.connected = True
             self.upgraded = True
         self.websocket = ws
-
-        async def writer() -> None:
-            while True:
-                try:
-                    packets = await self.poll()
-                except engineio.exceptions.QueueEmpty:
-                    break
-                if not packets:
-                    break  # empty packet list returned -> connection closed
-                try:
-                    for pkt in packets:
-                        await ws.send(pkt.encode())
-                except BaseException:
-                    break
-            await ws.close()
-
-        writer_task = asyncio.ensure_future(writer())
+        self.queue.on_put = self._start_writer
+        self._start_writer()  # whatever was queued before (the OPEN packet, say)
         server.logger.info("%s: Upgrade to websocket successful", self.sid)
 
         while True:
@@ -591,9 +570,41 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             # all).
             pkt = None
 
-        await self.queue.put(None)  # unlock the writer task so it can exit
-        await writer_task
+        await self.queue.put(None)  # the writer sends what is queued, then closes
+        writer = self.writer
+        if writer is not None:
+            await writer
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    def _start_writer(self) -> None:
+        """Runs a writer task for the queued packets, unless one is running or the end is sent."""
+        if self.writer is None and not self.writer_ended and not self.queue.empty():
+            self.writer = asyncio.ensure_future(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        """Sends the queued packets in order, then ends; ``None`` (the end) closes the socket.
+
+        The stock writer is a task per socket that waits on the queue for the socket's whole
+        life. Most packets now go out at once (``send_now``); this runs only while some are
+        queued: before the websocket is up, while the transport is paused, or at the end.
+        """
+        ws, queue = self.websocket, self.queue
+        try:
+            while not queue.empty():
+                pkt = queue.get_nowait()
+                queue.task_done()
+                if pkt is None:
+                    break
+                try:
+                    await ws.send(pkt.encode())
+                except BaseException:
+                    break
+            else:
+                return  # all sent: the next queued packet starts a new writer
+            self.writer_ended = True
+            await ws.close()
+        finally:
+            self.writer = None
 
     async def close(
         self, wait: bool = True, abort: bool = False, reason: str | None = None
@@ -619,10 +630,9 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         """Writes ``pkt`` to the websocket at once, skipping the queue and the writer task.
 
         Only when that cannot change the order of frames: the socket is on its websocket (not
-        upgrading, not closing) and its writer is parked on an empty queue, so it holds no
-        packet either (a writer that is sending, waiting for a paused transport, or woken and
-        about to run is not parked). Returns ``False``, having sent nothing, when the packet
-        has to be queued instead.
+        upgrading, not closing), nothing is queued and no writer is running (a writer may hold
+        a packet while it waits for a paused transport). Returns ``False``, having sent
+        nothing, when the packet has to be queued instead (which starts a writer).
         """
         ws = self.websocket
         if (
@@ -631,7 +641,9 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             or self.closing
             or self.closed
             or not isinstance(ws, _GuardedWebSocket)
-            or not self.queue.parked()
+            or self.writer is not None
+            or self.writer_ended
+            or not self.queue.empty()
         ):
             return False
         try:

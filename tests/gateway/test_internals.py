@@ -96,23 +96,16 @@ async def test_packet_queue_wakes_a_waiting_getter_and_joins() -> None:
         queue.task_done()
 
 
-async def test_packet_queue_is_parked_only_while_its_reader_waits_on_nothing() -> None:
-    """``parked`` is what lets a broadcast skip the queue: reader waiting, nothing held."""
+def test_packet_queue_reports_every_put() -> None:
+    """A websocket session starts its writer from ``on_put``; every put must reach it."""
     queue = PacketQueue()
-    assert not queue.parked()  # nobody reads yet (a writer that is busy elsewhere)
-    reader = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
-    assert queue.parked()
-    queue.put_nowait("first")
-    assert not queue.parked()  # woken, not yet run: the packet is still queued
-    assert await reader == "first"
-    assert not queue.parked()  # the reader holds its packet until it asks again
-    reader = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
-    assert queue.parked()
-    reader.cancel()
-    await asyncio.gather(reader, return_exceptions=True)
-    assert not queue.parked()
+    seen: list[int] = []
+    queue.on_put = lambda: seen.append(queue.qsize())
+    queue.put_nowait("a")
+    asyncio.run(queue.put("b"))
+    queue.put_nowait(None)
+    assert seen == [1, 2, 3]
+    assert [queue.get_nowait() for _ in range(3)] == ["a", "b", None]
 
 
 @pytest.mark.parametrize("make", [asyncio.Event, Flag], ids=["asyncio.Event", "Flag"])
