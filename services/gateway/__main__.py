@@ -26,9 +26,11 @@ from shared.logging import configure_logging
 
 log = logging.getLogger("services.gateway")
 
-# ``tune_gc``'s thresholds: a young generation of 100,000 allocations instead of CPython's 700,
+# ``tune_gc``'s thresholds: a young generation of 20,000 allocations instead of CPython's 700,
 # a middle collection every 50 young ones and a full one every 1,000 middle ones (CPython: 10, 10).
-_GC_THRESHOLDS = (100_000, 50, 1000)
+# 100,000 made the same total collection work come in 30 ms pauses, which every handshake in
+# flight waits out; at 20,000 they take 5-9 ms (docs/benchmarks.md, round 4).
+_GC_THRESHOLDS = (20_000, 50, 1000)
 
 # Left for uvicorn after the drain: closing what remains and the lifespan shutdown.
 _SHUTDOWN_SECONDS = 2
@@ -112,8 +114,8 @@ def tune_gc() -> None:
     Profiles of handshake storms showed the tail latency was CPython's cyclic GC: every 700
     allocations a young collection runs, and the full collections it triggers walk every live
     object (each socket holds dozens). Freezing what exists after start-up (modules, the app)
-    keeps it out of every collection, and a young generation of 100,000 allocations makes
-    collections rare; reference counting still frees almost everything at once. Measured
+    keeps it out of every collection, and a young generation of 20,000 allocations makes
+    collections rare and short; reference counting still frees almost everything at once. Measured
     with the quick benchmark, same session, 100 handshakes in flight: 742 -> 869 connects/s,
     p99 254 -> 162 ms, 1.27 -> 1.07 CPU-ms per connect (``docs/benchmarks.md``).
     ``GATEWAY_GC_TUNING=false`` keeps CPython's defaults.
