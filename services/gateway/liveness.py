@@ -162,8 +162,7 @@ class Liveness:
             async with asyncio.timeout(self._timeout):
                 return await command()
         except (RedisError, OSError, TimeoutError) as exc:
-            self.lost(op)
-            log.warning("a cluster state update failed", extra={"op": op, "error": repr(exc)})
+            self.failed(op, exc)
             raise ClusterUnavailable(op) from None
 
     @property
@@ -172,7 +171,7 @@ class Liveness:
         return self._up()
 
     def failed(self, op: str, exc: BaseException) -> None:
-        """A hot-path write nobody waited for failed (``ScriptBatch.post``): resync later."""
+        """A hot-path write failed (counted and logged): the next beat resyncs."""
         self.lost(op)
         log.warning("a cluster state update failed", extra={"op": op, "error": repr(exc)})
 
