@@ -609,15 +609,16 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     async def close(
         self, wait: bool = True, abort: bool = False, reason: str | None = None
     ) -> None:
-        """Closes the session (stock), then ends its websocket writer, if it has one.
+        """Closes the session (stock), then ends its transport.
 
         Stock python-engineio leaves a websocket open after a session closes (a ping timeout,
-        a CLOSE packet) until the reader's next timeout; here the writer gets the queue's end
-        marker after whatever is queued (the CLOSE packet included) and closes the websocket.
+        a CLOSE packet) until the reader's next timeout, and a polling request waiting until
+        its poll times out. Here the queue's end marker follows whatever is queued (the CLOSE
+        packet included): the websocket writer sends the rest and closes the websocket, a
+        waiting poll returns what is left.
         """
         await super().close(wait=wait, abort=abort, reason=reason)
-        if self.websocket is not None:
-            self.queue.put_nowait(None)
+        self.queue.put_nowait(None)
 
     async def send(self, pkt: engineio.packet.Packet) -> None:
         """Sends a packet to the client: at once when the writer is idle (``send_now``)."""
@@ -758,7 +759,6 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         if socket is None or socket.closed or socket.closing:
             return
         await socket.close(wait=False, abort=reconnect, reason=self.reason.SERVER_DISCONNECT)
-        socket.queue.put_nowait(None)
 
 
 class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]  # socketio is untyped
