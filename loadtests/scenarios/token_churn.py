@@ -84,23 +84,14 @@ class ChurnUser(GatewayUser):
         register(self.auth, self.username)
 
     def login(self) -> bool:
-        body = {"username": self.username, "password": PASSWORD}
-        with self.auth.post(
-            "/v1/auth/login", json=body, name="/v1/auth/login", catch_response=True
-        ) as response:
-            if response.status_code != 200:
-                response.failure(f"{response.status_code} {response.text[:80]}")
-                return False
-            self._take(response.json())
-            return True
+        return self._token_pair("/v1/auth/login", {"username": self.username, "password": PASSWORD})
 
     def refresh(self) -> bool:
-        with self.auth.post(
-            "/v1/auth/refresh",
-            json={"refresh_token": self.refresh_token},
-            name="/v1/auth/refresh",
-            catch_response=True,
-        ) as response:
+        return self._token_pair("/v1/auth/refresh", {"refresh_token": self.refresh_token})
+
+    def _token_pair(self, path: str, body: dict[str, Any]) -> bool:
+        """POSTs ``body`` to ``path`` and keeps the token pair it answers; False on refusal."""
+        with self.auth.post(path, json=body, name=path, catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code} {response.text[:80]}")
                 return False
