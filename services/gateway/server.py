@@ -32,7 +32,11 @@ the text frames a websocket writer sends in one event-loop pass go out in one wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import inspect
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -65,6 +69,11 @@ MAX_EVENT_NAME = 64
 _CLOSE_TIMEOUT = 5.0
 _ACCEPTED_TYPES = frozenset("012")  # CONNECT, DISCONNECT, EVENT
 _ENGINEIO_TYPES = frozenset("0123456")  # OPEN … NOOP
+
+
+@functools.lru_cache(maxsize=64)
+def _is_coroutine_function(handler: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(handler)
 
 
 class ProtocolError(ValueError):
@@ -140,16 +149,10 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         Returns ``False``, having sent nothing, when the frame must take the stock path
         (another protocol, handshake not complete, closing, or the transport is paused).
         """
-        proto = self._sansio()
-        if (
-            proto is None
-            or proto.disconnected
-            or not proto.handshake_complete
-            or proto.close_sent
-            or proto.initial_response is not None
-            or not proto.writable.is_set()
-        ):
+        if not self.can_send_now():
             return False
+        proto = self._protocol
+        assert proto is not None  # can_send_now found the sans-I/O protocol
         try:
             proto.conn.send_text(message.encode())
         except InvalidState:
@@ -158,6 +161,18 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
             self._flush_armed = True
             proto.loop.call_soon(self._flush)
         return True
+
+    def can_send_now(self) -> bool:
+        """Whether ``send_text_now`` would take a frame now."""
+        proto = self._sansio()
+        return not (
+            proto is None
+            or proto.disconnected
+            or not proto.handshake_complete
+            or proto.close_sent
+            or proto.initial_response is not None
+            or not proto.writable.is_set()
+        )
 
     async def __call__(self, environ: dict[str, Any]) -> str:
         """Accepts the websocket and runs the Engine.IO handler (the stock steps).
@@ -285,18 +300,36 @@ class MalformedPayload(EngineIOError):  # type: ignore[misc]
 
 
 class _CheckedBody:
-    """A polling POST body reader that refuses anything but Engine.IO text packets.
+    """A polling POST body, read on demand, that refuses anything but Engine.IO text packets.
 
-    python-engineio answers a body it cannot decode with a logged traceback and keeps the
-    session; an ``EngineIOError`` from the read makes it close the session with a 400.
+    Reads like python-engineio's own body reader (the request's chunks until the last, or up
+    to ``length`` bytes); python-engineio answers a body it cannot decode with a logged
+    traceback and keeps the session, while an ``EngineIOError`` from the read makes it close
+    the session with a 400.
     """
 
-    def __init__(self, body: Any) -> None:
-        self._body = body
+    __slots__ = ("_event", "_payload", "_receive")
+
+    def __init__(self, event: dict[str, Any], receive: Any) -> None:
+        self._event = event
+        self._receive = receive
+        self._payload: bytes | None = None
 
     async def read(self, length: int | None = None) -> bytes:
-        """The body; ``MalformedPayload`` when it is not Engine.IO text packets."""
-        data: bytes = await self._body.read(length)
+        """The body (``length`` bytes of it); ``MalformedPayload`` when it is not Engine.IO."""
+        if self._payload is None:
+            event = self._event
+            payload = event.get("body") or b""
+            while event.get("more_body"):
+                event = await self._receive()
+                if event["type"] == "http.request" and (length is None or len(payload) < length):
+                    payload += event.get("body") or b""
+            self._event = event
+            self._payload = payload
+        if length is None:
+            data, self._payload = self._payload, b""
+        else:
+            data, self._payload = self._payload[:length], self._payload[length:]
         if data and any(
             part[:1].decode("latin-1") not in _ENGINEIO_TYPES for part in data.split(b"\x1e")
         ):
@@ -314,17 +347,70 @@ class _NoBody:
 
 _NO_BODY = _NoBody()
 
+# The environ entries that are the same for every request (python-engineio's values).
+_ENVIRON_CONSTANTS: dict[str, Any] = {
+    "wsgi.errors": sys.stderr,
+    "wsgi.version": (1, 0),
+    "wsgi.async": True,
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": False,
+    "wsgi.run_once": False,
+    "SERVER_SOFTWARE": "asgi",
+    "SCRIPT_NAME": "",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "REMOTE_ADDR": "127.0.0.1",
+    "REMOTE_PORT": "0",
+    "SERVER_NAME": "asgi",
+    "SERVER_PORT": "0",
+}
+
 
 async def _translate_request(scope: Any, receive: Any, send: Any) -> dict[str, Any]:
-    environ: dict[str, Any] = await asgi_driver.translate_request(scope, receive, send)
-    if "wsgi.input" in environ:
-        if environ.get("REQUEST_METHOD") == "POST":
-            environ["wsgi.input"] = _CheckedBody(environ["wsgi.input"])
+    """python-engineio's ASGI ``translate_request``: the same environ, built for less.
+
+    The stock function defines a body-reader class inside itself, so every request (every
+    websocket connect) pays for building a class, and the environ of a websocket, kept for
+    the socket's life, holds that class's instance (~2.4 KB a connection). Here a POST gets a
+    ``_CheckedBody`` and every other request one shared empty body; the rest of the environ
+    (constants, path and query, headers as ``HTTP_*`` keys, repeated headers joined with
+    commas, undecodable ones skipped) is built as the stock function builds it
+    (``tests/gateway/test_internals.py`` compares the two).
+    """
+    event = await receive()
+    kind = event["type"]
+    if kind != "http.request" and kind != "websocket.connect":
+        return {}
+    path = scope["path"]
+    query = ""
+    raw_query = scope.get("query_string")
+    if raw_query:
+        with contextlib.suppress(UnicodeDecodeError):
+            query = raw_query.decode("utf-8")
+    method = scope.get("method", "GET")
+    environ = dict(_ENVIRON_CONSTANTS)
+    environ["wsgi.input"] = _CheckedBody(event, receive) if method == "POST" else _NO_BODY
+    environ["REQUEST_METHOD"] = method
+    environ["PATH_INFO"] = path
+    environ["QUERY_STRING"] = query
+    environ["RAW_URI"] = f"{path}?{query}" if query else path
+    environ["asgi.receive"] = receive
+    environ["asgi.send"] = send
+    environ["asgi.scope"] = scope
+    for raw_name, raw_value in scope["headers"]:
+        try:
+            name = raw_name.upper().decode("utf-8")
+            value = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if name == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = value
+        elif name == "CONTENT-LENGTH":
+            environ["CONTENT_LENGTH"] = value
         else:
-            # python-engineio makes a new class for every request's body reader, and the
-            # environ of a websocket is kept for the socket's life: ~2.4 KB per connection
-            # for a body python-engineio only ever reads on a POST.
-            environ["wsgi.input"] = _NO_BODY
+            key = "HTTP_" + name.replace("-", "_")
+            previous = environ.get(key)
+            environ[key] = value if previous is None else f"{previous},{value}"
+    environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
     return environ
 
 
@@ -545,7 +631,7 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             self.upgraded = True
         self.websocket = ws
         self.queue.on_put = self._start_writer
-        self._start_writer()  # whatever was queued before (the OPEN packet, say)
+        self._send_queued()  # whatever was queued before (the OPEN packet, say)
         server.logger.info("%s: Upgrade to websocket successful", self.sid)
 
         while True:
@@ -575,6 +661,27 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         if writer is not None:
             await writer
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    def _send_queued(self) -> None:
+        """Writes the packets queued so far at once if it can; else a writer task sends them.
+
+        On a websocket that can take frames now (see ``_GuardedWebSocket.send_text_now``), the
+        packets queued before it was up (the OPEN packet) go out without a task. Whatever is
+        left (the end marker, a paused transport) is the writer's, in order.
+        """
+        ws, queue = self.websocket, self.queue
+        if isinstance(ws, _GuardedWebSocket) and self.writer is None:
+            while not queue.empty() and ws.can_send_now():
+                pkt = queue.get_nowait()
+                if pkt is None:
+                    queue.put_nowait(None)  # after everything else, if anything is queued
+                    break
+                queue.task_done()
+                try:
+                    ws.send_text_now(pkt.encode())
+                except ClientDisconnected:
+                    break  # the reader sees the closed websocket
+        self._start_writer()
 
     def _start_writer(self) -> None:
         """Runs a writer task for the queued packets, unless one is running or the end is sent."""
@@ -745,6 +852,32 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         drivers: dict[str, Any] = dict(getattr(self, "_async", {}))
         drivers.update(websocket=_GuardedWebSocket, translate_request=_translate_request)
         setattr(self, "_async", drivers)  # noqa: B010 - attribute mypy cannot see through
+
+    async def _trigger_event(self, event: str, *args: Any, run_async: bool = False) -> Any:
+        """Runs an Engine.IO event's handler: the stock rules, without a closure per call.
+
+        python-engineio wraps every call (every message received) in a new closure after
+        asking ``inspect`` whether the handler is a coroutine function; python-socketio's
+        handlers are, and run inline here (``async_handlers=False``). Errors are handled as
+        stock: logged, and a failed ``connect`` handler refuses the connection. Anything else
+        (a background run, a plain function) takes the stock path.
+        """
+        handler = self.handlers.get(event)
+        if handler is None or run_async or not _is_coroutine_function(handler):
+            return await super()._trigger_event(event, *args, run_async=run_async)
+        try:
+            try:
+                return await handler(*args)
+            except TypeError:
+                if event == "disconnect" and len(args) == 2:
+                    # legacy disconnect handlers take no reason (stock rule)
+                    return await handler(args[0])
+                raise
+        except asyncio.CancelledError:
+            return None
+        except Exception:
+            self.logger.exception("%s async handler error", event)
+            return False if event == "connect" else None
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         """Each session's packet queue (see ``PacketQueue``)."""

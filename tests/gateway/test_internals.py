@@ -1,7 +1,8 @@
 """The gateway's replacements for python-socketio/engineio internals, checked against the originals.
 
-The manager's reverse room index must always agree with the stock full scan, and the lean
-packet queue must behave as ``asyncio.Queue`` for everything engineio asks of it.
+The manager's reverse room index must always agree with the stock full scan, the lean
+packet queue must behave as ``asyncio.Queue`` for everything engineio asks of it, and the
+request translation and event dispatch must give what python-engineio's own would.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import asyncio
 import random
 
 import pytest
+from engineio.async_drivers import asgi as asgi_driver
 from socketio.base_manager import BaseManager
 
+from services.gateway import server as server_module
 from services.gateway.fanout import LocalManager
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.server import Flag, PacketQueue
@@ -130,3 +133,106 @@ async def test_flag_behaves_like_an_asyncio_event(make: type[asyncio.Event] | ty
     assert not late.done()
     flag.set()
     assert await late is True
+
+
+def _scope(kind: str, **extra: object) -> dict[str, object]:
+    scope: dict[str, object] = {
+        "type": kind,
+        "path": "/socket.io/",
+        "query_string": b"EIO=4&transport=websocket",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"authorization", b"Bearer abc.def.ghi"),
+            (b"x-many", b"one"),
+            (b"X-Many", b"two"),
+            (b"content-type", b"text/plain"),
+            (b"x-bad", b"\xff\xfe"),
+            (b"upgrade", b"websocket"),
+        ],
+    }
+    scope.update(extra)
+    return scope
+
+
+@pytest.mark.parametrize(
+    ("scope", "first_event"),
+    [
+        (_scope("websocket"), {"type": "websocket.connect"}),
+        (_scope("http", method="GET", query_string=b""), {"type": "http.request"}),
+        (_scope("http", method="POST"), {"type": "http.request", "body": b"4hi"}),
+        (_scope("websocket"), {"type": "websocket.disconnect"}),
+    ],
+)
+async def test_translate_request_builds_the_stock_environ(
+    scope: dict[str, object], first_event: dict[str, object]
+) -> None:
+    async def receive() -> dict[str, object]:
+        return first_event
+
+    async def send(_message: object) -> None:
+        return None
+
+    ours = await server_module._translate_request(scope, receive, send)
+    stock = await asgi_driver.translate_request(scope, receive, send)
+    assert set(ours) == set(stock)
+    for key, value in stock.items():
+        if key != "wsgi.input":
+            assert ours[key] == value, key
+    if stock.get("REQUEST_METHOD") == "POST":  # python-engineio reads no other body
+        assert await ours["wsgi.input"].read() == await stock["wsgi.input"].read()
+    elif stock:
+        assert await ours["wsgi.input"].read() == b""
+
+
+async def test_a_polling_body_is_read_in_chunks_and_checked() -> None:
+    chunks = [
+        {"type": "http.request", "body": b"4one\x1e", "more_body": True},
+        {"type": "http.request", "body": b"4two", "more_body": False},
+    ]
+    scope = _scope("http", method="POST")
+
+    async def receive() -> dict[str, object]:
+        return chunks.pop(0)
+
+    environ = await server_module._translate_request(scope, receive, receive)
+    body = environ["wsgi.input"]
+    assert await body.read(100) == b"4one\x1e4two"
+    assert await body.read() == b""
+
+    bad = [{"type": "http.request", "body": b"4ok\x1e{not engine.io"}]
+
+    async def receive_bad() -> dict[str, object]:
+        return bad.pop(0)
+
+    environ = await server_module._translate_request(scope, receive_bad, receive_bad)
+    with pytest.raises(server_module.MalformedPayload):
+        await environ["wsgi.input"].read()
+
+
+async def test_engine_events_run_inline_with_the_stock_error_rules(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = server_module.EngineServer(async_mode="asgi")
+    calls: list[tuple[object, ...]] = []
+
+    async def message(*args: object) -> str:
+        calls.append(args)
+        return "handled"
+
+    async def connect(_sid: str, _environ: object) -> None:
+        raise RuntimeError("boom")
+
+    async def disconnect(sid: str) -> None:  # a legacy handler without the reason
+        calls.append(("disconnect", sid))
+
+    server.on("message", message)
+    server.on("connect", connect)
+    server.on("disconnect", disconnect)
+    assert await server._trigger_event("message", "sid1", "data") == "handled"
+    assert calls == [("sid1", "data")]
+    with caplog.at_level("ERROR"):
+        assert await server._trigger_event("connect", "sid1", {}) is False
+    assert "connect async handler error" in caplog.text
+    assert await server._trigger_event("disconnect", "sid1", "client disconnect") is None
+    assert calls[-1] == ("disconnect", "sid1")
+    assert await server._trigger_event("unknown", "sid1") is None
