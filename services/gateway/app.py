@@ -251,7 +251,12 @@ class Gateway:
         self._asgi = socketio.ASGIApp(self.server, other_asgi_app=self._http_app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._asgi(scope, receive, send)
+        if scope["type"] == "websocket" and _under(scope["path"], self._asgi.engineio_path):
+            # Straight to Engine.IO: the two ASGI wrappers' frames would stay suspended for
+            # the websocket's life (memory per connection), and route as this does.
+            await self.server.eio.handle_request(scope, receive, send)
+        else:
+            await self._asgi(scope, receive, send)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -351,6 +356,11 @@ class Gateway:
     async def _metrics(self, _request: Request) -> Response:
         body, content_type = render(self.registry)
         return PlainTextResponse(body, headers={"Content-Type": content_type})
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is at or below ``prefix`` (ending in ``/``), as python-engineio routes."""
+    return (path if path.endswith("/") else path + "/").startswith(prefix)
 
 
 def _library_logger(name: str) -> logging.Logger:

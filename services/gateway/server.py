@@ -38,6 +38,7 @@ import inspect
 import logging
 import sys
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -843,6 +844,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
     client takes a CLOSE packet as "the server is done with you" and stays away).
     """
 
+    start_service_task: bool  # python-engineio's: whether the heartbeat task is yet to start
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sockets = _Sessions()
@@ -852,6 +855,76 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         drivers: dict[str, Any] = dict(getattr(self, "_async", {}))
         drivers.update(websocket=_GuardedWebSocket, translate_request=_translate_request)
         setattr(self, "_async", drivers)  # noqa: B010 - attribute mypy cannot see through
+
+    async def handle_request(self, scope: Any, receive: Any, send: Any) -> Any:
+        """python-engineio's entry point, with a direct path for a new websocket session.
+
+        A client that opens its session on a websocket (``EIO=4&transport=websocket``, no
+        ``sid``: how the gateway's clients connect) takes the stock steps without the stock
+        dispatch: ``handle_request`` → ``_handle_connect`` → ``handle_get_request`` →
+        ``_upgrade_websocket`` each stay suspended, as a coroutine frame, for the socket's
+        life. Here one coroutine does their work for that request; every other request
+        (polling, an upgrade, anything malformed) takes the stock path.
+        """
+        if scope.get("type") != "websocket" or not self._opens_websocket(scope):
+            return await super().handle_request(scope, receive, send)
+        environ = await _translate_request(scope, receive, send)
+        if not environ:
+            return None
+        if self.cors_allowed_origins != []:
+            origin = environ.get("HTTP_ORIGIN")
+            if origin:
+                allowed = self._cors_allowed_origins(environ)
+                if allowed is not None and origin not in allowed:
+                    self._log_error_once(origin + " is not an accepted origin.", "bad-origin")
+                    refusal = self._bad_request(origin + " is not an accepted origin.")
+                    return await self._make_response(refusal, environ)
+        connection = {
+            part.strip() for part in environ.get("HTTP_CONNECTION", "").lower().split(",")
+        }
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket" or "upgrade" not in connection:
+            self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
+            return await self._make_response(
+                self._bad_request("Invalid websocket upgrade"), environ
+            )
+        if self.start_service_task:
+            self.start_service_task = False
+            self.service_task_handle = self.start_background_task(self._service_task)
+        sid = self.generate_id()
+        socket = _LeanSocket(self, sid)
+        self.sockets[sid] = socket
+        opening = {
+            "sid": sid,
+            "upgrades": [],
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        }
+        await socket.send(engineio.packet.Packet(engineio.packet.OPEN, opening))
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            del self.sockets[sid]
+            self.logger.warning("Application rejected connection")
+            return await self._make_response(self._unauthorized(accepted or None), environ)
+        socket.schedule_ping()
+        result = await _GuardedWebSocket(socket._websocket_handler, self)(environ)
+        if socket.closed and sid in self.sockets:
+            del self.sockets[sid]  # the websocket ended: the session is over
+        return result
+
+    def _opens_websocket(self, scope: Any) -> bool:
+        """Whether a websocket request opens a new Engine.IO session on it (stock rules)."""
+        try:
+            query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("utf-8"))
+        except UnicodeDecodeError:
+            return False
+        return (
+            "sid" not in query
+            and "j" not in query
+            and query.get("EIO") == ["4"]
+            and query.get("transport", ["polling"])[0] == "websocket"
+            and "websocket" in self.transports
+        )
 
     async def _trigger_event(self, event: str, *args: Any, run_async: bool = False) -> Any:
         """Runs an Engine.IO event's handler: the stock rules, without a closure per call.

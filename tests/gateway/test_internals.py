@@ -236,3 +236,22 @@ async def test_engine_events_run_inline_with_the_stock_error_rules(
     assert await server._trigger_event("disconnect", "sid1", "client disconnect") is None
     assert calls[-1] == ("disconnect", "sid1")
     assert await server._trigger_event("unknown", "sid1") is None
+
+
+@pytest.mark.parametrize(
+    ("query", "direct"),
+    [
+        (b"EIO=4&transport=websocket", True),
+        (b"transport=websocket&EIO=4&t=abc", True),
+        (b"EIO=3&transport=websocket", False),  # the stock path refuses the version
+        (b"EIO=4&transport=websocket&sid=abc", False),  # an upgrade of a polling session
+        (b"EIO=4&transport=polling", False),
+        (b"EIO=4", False),
+        (b"EIO=4&transport=websocket&j=1", False),
+        (b"EIO=4&EIO=4&transport=websocket", False),
+        (b"\xff\xfe", False),
+    ],
+)
+def test_only_new_websocket_sessions_take_the_direct_path(query: bytes, direct: bool) -> None:
+    server = server_module.EngineServer(async_mode="asgi")
+    assert server._opens_websocket({"type": "websocket", "query_string": query}) is direct
