@@ -191,10 +191,14 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         return ""
 
     def _sansio(self) -> WebSocketsSansIOProtocol | None:
+        """uvicorn's sans-I/O protocol behind this websocket, if the ASGI calls are its own."""
         if not self._resolved:
             self._resolved = True
             proto = getattr(self.asgi_send, "__self__", None)
-            if type(proto) is WebSocketsSansIOProtocol:
+            if (
+                type(proto) is WebSocketsSansIOProtocol
+                and getattr(self.asgi_receive, "__self__", None) is proto
+            ):
                 self._protocol = proto
         return self._protocol
 
@@ -207,11 +211,38 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         if output and not proto.transport.is_closing():
             proto.transport.write(b"".join(output))
 
+    def __init__(self, handler: Any, server: Any) -> None:
+        super().__init__(handler, server)
+        self._max_frame = server.max_http_buffer_size
+
     async def wait(self) -> str | bytes:
-        """The next frame; ``OSError`` for one that is not an Engine.IO packet."""
-        data: str | bytes = await super().wait()
-        if isinstance(data, str) and data[:1] not in _ENGINEIO_TYPES:
-            raise OSError("not an Engine.IO packet")
+        """The next frame (python-engineio's ``websocket_wait`` and ``WebSocket.wait``).
+
+        ``OSError`` when the websocket has ended or the frame is not an Engine.IO packet,
+        ``ValueError`` when it is larger than ``max_http_buffer_size``. On uvicorn's sans-I/O
+        protocol the frame is taken from its receive queue here, as its ``receive`` does: an
+        idle socket waits in one coroutine frame instead of three.
+        """
+        proto = self._sansio()
+        if proto is not None:
+            queue = proto.queue
+            event = await queue.get()
+            if proto.read_paused and queue.empty():
+                proto.read_paused = False
+                proto.transport.resume_reading()
+        else:
+            event = await self.asgi_receive()
+        if event["type"] != "websocket.receive":
+            raise OSError("the websocket has ended")
+        data: str | bytes | None = event.get("bytes")
+        if data is None:
+            data = event.get("text")
+            if data is None:
+                raise OSError("an empty websocket message")
+            if data[:1] not in _ENGINEIO_TYPES:
+                raise OSError("not an Engine.IO packet")
+        if len(data) > self._max_frame:
+            raise ValueError("packet is too large")
         return data
 
 
@@ -589,12 +620,7 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         reader. The upgrade steps, the writer task and the ending are the stock ones.
         """
         server = self.server
-
-        async def websocket_wait() -> Any:
-            data = await ws.wait()
-            if data and len(data) > server.max_http_buffer_size:
-                raise ValueError("packet is too large")
-            return data
+        websocket_wait = ws.wait
 
         if self.connected:
             # the socket was already connected, so this is an upgrade
