@@ -148,6 +148,10 @@ def main() -> None:
         # would be a second heartbeat: a timer and a frame per socket every 20 s.
         ws_ping_interval=None,
         ws_ping_timeout=None,
+        # Nothing in the gateway reads the client's address; uvicorn's X-Forwarded-For
+        # middleware would run on every request and stay suspended, a coroutine frame, for
+        # every websocket's life.
+        proxy_headers=False,
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -114,6 +114,7 @@ class Handshake:
         self._expiry = expiry
         self._metrics = metrics
         self._accepting = accepting
+        self._accepted = metrics.handshakes.labels("accepted", "")
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         """python-socketio's connect handler: returns to accept, raises to refuse."""
@@ -136,7 +137,7 @@ class Handshake:
         finally:
             self._server.gate.settled(eio_sid, accepted=accepted)
             self._metrics.handshake_seconds.observe(time.perf_counter() - started)
-        self._metrics.handshakes.labels("accepted", "").inc()
+        self._accepted.inc()
         forget_request_headers(environ)
         log.debug("socket connected", extra={"sub": conn.sub, "sid": sid})
 

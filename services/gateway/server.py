@@ -176,7 +176,13 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         )
 
     async def __call__(self, environ: dict[str, Any]) -> str:
-        """Accepts the websocket and runs the Engine.IO handler (the stock steps).
+        """Accepts the websocket and runs the Engine.IO handler (the stock steps)."""
+        await self.accept(environ)
+        await self.handler(self)
+        return ""
+
+    async def accept(self, environ: dict[str, Any]) -> None:
+        """Accepts the websocket of ``environ``'s request.
 
         Once the handshake is complete, the handshake-only state uvicorn's sans-I/O protocol
         keeps for the socket's life is trimmed (see ``_trim_handshake_state``).
@@ -187,8 +193,6 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         proto = self._sansio()
         if proto is not None and proto.handshake_complete:
             _trim_handshake_state(proto)
-        await self.handler(self)
-        return ""
 
     def _sansio(self) -> WebSocketsSansIOProtocol | None:
         """uvicorn's sans-I/O protocol behind this websocket, if the ASGI calls are its own."""
@@ -888,9 +892,10 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         A client that opens its session on a websocket (``EIO=4&transport=websocket``, no
         ``sid``: how the gateway's clients connect) takes the stock steps without the stock
         dispatch: ``handle_request`` → ``_handle_connect`` → ``handle_get_request`` →
-        ``_upgrade_websocket`` each stay suspended, as a coroutine frame, for the socket's
-        life. Here one coroutine does their work for that request; every other request
-        (polling, an upgrade, anything malformed) takes the stock path.
+        ``_upgrade_websocket`` → the websocket wrapper's ``__call__`` each stay suspended, as
+        a coroutine frame, for the socket's life. Here one coroutine does their work for that
+        request; every other request (polling, an upgrade, anything malformed) takes the stock
+        path.
         """
         if scope.get("type") != "websocket" or not self._opens_websocket(scope):
             return await super().handle_request(scope, receive, send)
@@ -933,10 +938,12 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
             self.logger.warning("Application rejected connection")
             return await self._make_response(self._unauthorized(accepted or None), environ)
         socket.schedule_ping()
-        result = await _GuardedWebSocket(socket._websocket_handler, self)(environ)
+        websocket = _GuardedWebSocket(socket._websocket_handler, self)
+        await websocket.accept(environ)
+        await socket._websocket_handler(websocket)  # until the websocket ends
         if socket.closed and sid in self.sockets:
-            del self.sockets[sid]  # the websocket ended: the session is over
-        return result
+            del self.sockets[sid]  # the session is over
+        return ""
 
     def _opens_websocket(self, scope: Any) -> bool:
         """Whether a websocket request opens a new Engine.IO session on it (stock rules)."""
