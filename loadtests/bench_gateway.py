@@ -213,8 +213,11 @@ class Stack:
         assert self.redis.process is not None
         return self.redis.process.pid
 
-    def start_server(self, kind: str, name: str) -> tuple[Process, str]:
-        """One replica of ``kind`` on a free loopback port, pinned; waits until healthy."""
+    def start_server(self, kind: str, name: str, root: Path = ROOT) -> tuple[Process, str]:
+        """One replica of ``kind`` on a free loopback port, pinned; waits until healthy.
+
+        ``root`` is the checkout a sockgate replica runs from (another one for A/B runs).
+        """
         assert self.redis is not None
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -227,7 +230,9 @@ class Stack:
             args = ["node", str(NODE_DIR / "server.mjs")]
         else:
             raise ValueError(f"unknown server {kind!r}")
-        proc = Process(pinned(self.server_cpu, args), env, self.workdir / f"{name}.log").start()
+        proc = Process(
+            pinned(self.server_cpu, args), env, self.workdir / f"{name}.log", cwd=root
+        ).start()
         try:
             wait_http_ok(f"{url}/healthz", proc=proc)
             if self.server_cpu is not None:

@@ -38,13 +38,14 @@ class Process:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    cwd: Path = ROOT  # where ``python -m`` finds the services: another checkout for A/B runs
 
     def start(self) -> Process:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.args,
             env=self.env,
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1,0 +1,156 @@
+"""Two gateway trees side by side in one session: is a change faster, or was the machine?
+
+On a shared machine the same tree's CPU per connect moves by ±20 % from one minute to the
+next, far more than most single changes. This runs a replica of ``--base`` (any git revision,
+checked out in a temporary worktree) and one of the working tree on the same pinned core,
+Redis and load generator as ``bench_gateway``, and alternates them: each round is a storm of
+``--count`` connects at ``--inflight`` in flight against one, then the other (order swapped
+every round), every socket closed before the next storm. It prints each round's figures and
+the median of the per-round ratios (working tree ÷ base), which the machine's drift mostly
+cancels out of. ``--memory`` adds a round that keeps ``--memory`` sockets open on each and
+reads RSS per connection, before the CPU rounds (a process's RSS does not shrink after a
+close, and memory freed by earlier storms would hide what new sockets take).
+
+    SOCKGATE_LOADTEST=1 .venv/bin/python -m loadtests.compare_gateway --base HEAD~1 --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtests.bench_gateway import (
+    BenchConfig,
+    LoadGenerator,
+    Stack,
+    bench_stack,
+    cpu_ms,
+    exit_on_sigterm,
+    rss_kb,
+    wait_idle,
+)
+from loadtests.bench_gateway import stop_server as stop
+from tests.support.processes import ROOT, Process
+
+
+@dataclass
+class Side:
+    """One tree under test and what its rounds measured."""
+
+    name: str
+    root: Path
+    proc: Process | None = None
+    url: str = ""
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+
+@contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """``revision`` checked out in a temporary git worktree, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="sockgate-base-") as parent:
+        path = Path(parent) / "tree"
+        git = ["git", "-C", str(ROOT)]
+        subprocess.run([*git, "worktree", "add", "--detach", "-q", str(path), revision], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False)
+
+
+def storm(
+    side: Side, gen: LoadGenerator, group: str, count: int, inflight: int
+) -> dict[str, float]:
+    """``count`` connects against ``side`` (left open); rate, p99 and CPU-ms per connect."""
+    assert side.proc is not None
+    before = cpu_ms(side.proc.pid)
+    result = gen.call(
+        "connect", group=group, urls=[side.url], count=count, inflight=inflight, timeout=300
+    )
+    used = cpu_ms(side.proc.pid) - before
+    connected = max(result["connected"], 1)
+    return {
+        "connects_per_s": result["connects_per_s"],
+        "p99_ms": result["latency_ms"]["p99"],
+        "cpu_ms": used / connected,
+        "not_connected": count - result["connected"],
+    }
+
+
+def close(side: Side, gen: LoadGenerator, group: str) -> None:
+    assert side.proc is not None
+    gen.call("close", group=group, timeout=120)
+    wait_idle([side.proc.pid])
+
+
+def compare(args: argparse.Namespace, stack: Stack, gen: LoadGenerator, sides: list[Side]) -> None:
+    for side in sides:
+        side.proc, side.url = stack.start_server("sockgate", side.name, root=side.root)
+    try:
+        for side in sides:
+            gen.call("probe", url=side.url, timeout=30)
+            storm(side, gen, f"warm-{side.name}", 300, 50)
+            close(side, gen, f"warm-{side.name}")
+        if args.memory:  # first: later storms leave freed memory the RSS still counts
+            for side in sides:
+                assert side.proc is not None
+                time.sleep(0.5)
+                before = rss_kb(side.proc.pid)
+                storm(side, gen, f"mem-{side.name}", args.memory, args.inflight)
+                time.sleep(1.0)
+                print(f"{side.name}: {(rss_kb(side.proc.pid) - before) / args.memory:.1f} KB RSS")
+                close(side, gen, f"mem-{side.name}")
+        for index in range(args.rounds):
+            for side in sides if index % 2 == 0 else sides[::-1]:
+                group = f"{side.name}-{index}"
+                side.rounds.append(storm(side, gen, group, args.count, args.inflight))
+                close(side, gen, group)
+        report(sides)
+    finally:
+        for side in sides:
+            if side.proc is not None:
+                stop(side.proc)
+
+
+def report(sides: list[Side]) -> None:
+    base, new = sides
+    for side in sides:
+        rows = side.rounds
+        print(
+            f"{side.name}: connects/s {[round(r['connects_per_s']) for r in rows]}, "
+            f"CPU-ms per connect {[round(r['cpu_ms'], 3) for r in rows]}, "
+            f"not connected {sum(r['not_connected'] for r in rows):.0f}"
+        )
+        print(
+            f"{side.name} medians: {statistics.median(r['connects_per_s'] for r in rows):,.0f}"
+            f" connects/s, p99 {statistics.median(r['p99_ms'] for r in rows):.1f} ms,"
+            f" {statistics.median(r['cpu_ms'] for r in rows):.3f} CPU-ms per connect"
+        )
+    ratios = [n["cpu_ms"] / b["cpu_ms"] for b, n in zip(base.rounds, new.rounds, strict=True)]
+    print(f"CPU per connect, {new.name} / {base.name}, per round: {[round(r, 3) for r in ratios]}")
+    print(f"median ratio: {statistics.median(ratios):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--base", default="HEAD", help="git revision to compare against")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--count", type=int, default=3000, help="connects per storm")
+    parser.add_argument("--inflight", type=int, default=100)
+    parser.add_argument("--memory", type=int, default=0, help="idle sockets for an RSS round")
+    args = parser.parse_args()
+    exit_on_sigterm()
+    config = BenchConfig(runs=1, servers=("sockgate",), idle_steps=(max(args.count, args.memory),))
+    with worktree(args.base) as base_root, bench_stack(config, print) as (stack, gen):
+        sides = [Side("base", base_root), Side("working tree", ROOT)]
+        compare(args, stack, gen, sides)
+
+
+if __name__ == "__main__":
+    main()
