@@ -68,23 +68,24 @@ def presented_token(auth: object, environ: Mapping[str, Any]) -> object:
 
 
 # A later CONNECT on the same Engine.IO session may still take its token from this header.
-_KEPT_HEADERS = frozenset({"HTTP_AUTHORIZATION"})
+_KEPT_ENVIRON = ("HTTP_AUTHORIZATION",)
 
 
-def forget_request_headers(environ: dict[str, Any]) -> None:
-    """Drops the handshake request's headers once its socket is admitted.
+def forget_request(environ: dict[str, Any]) -> None:
+    """Drops the handshake request from the environ python-socketio keeps, once admitted.
 
     python-socketio keeps the Engine.IO handshake's environ, and through it the ASGI scope, for
-    the socket's life: each holds its own copy of every request header (~2.5 KB a socket).
-    Nothing reads them after the connect but a later CONNECT on the same session, whose token
-    may come from the Authorization header, which is kept.
+    the socket's life: ~20 WSGI-style entries and a copy of every request header, with the
+    scope's own copy (~3 KB a socket). Nothing reads them after the connect but a later
+    CONNECT on the same session, whose token may come from the Authorization header: that
+    one entry is kept, the scope's header list emptied.
     """
-    kept = {k: v for k, v in environ.items() if not k.startswith("HTTP_") or k in _KEPT_HEADERS}
-    environ.clear()  # a dict never shrinks on deletes; cleared and refilled, it does
-    environ.update(kept)
     scope = environ.get("asgi.scope")
     if isinstance(scope, dict) and scope.get("headers"):
         scope["headers"] = []
+    kept = {key: environ[key] for key in _KEPT_ENVIRON if key in environ}
+    environ.clear()  # a dict never shrinks on deletes; cleared and refilled, it does
+    environ.update(kept)
 
 
 class Handshake:
@@ -138,7 +139,7 @@ class Handshake:
             self._server.gate.settled(eio_sid, accepted=accepted)
             self._metrics.handshake_seconds.observe(time.perf_counter() - started)
         self._accepted.inc()
-        forget_request_headers(environ)
+        forget_request(environ)
         log.debug("socket connected", extra={"sub": conn.sub, "sid": sid})
 
     async def _admit(
