@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import socketio
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
@@ -92,16 +92,7 @@ class Gateway:
         self.redis: Redis | None = None
         manager: LocalManager | RedisManager
         if settings.redis_url is not None:
-            self.redis = Redis.from_url(
-                settings.redis_url,
-                socket_connect_timeout=2.0,
-                socket_timeout=5.0,
-                socket_keepalive=True,
-                health_check_interval=10,
-                # One immediate retry replaces a pooled connection that died with Redis; more
-                # (with backoff) would hold senders up during an outage.
-                retry=Retry(NoBackoff(), 1),
-            )
+            self.redis = redis_client(settings)
             manager = RedisManager(self.redis, channel=settings.redis_channel, metrics=metrics)
         else:
             manager = LocalManager(metrics)
@@ -356,6 +347,30 @@ class Gateway:
     async def _metrics(self, _request: Request) -> Response:
         body, content_type = render(self.registry)
         return PlainTextResponse(body, headers={"Content-Type": content_type})
+
+
+def redis_client(settings: GatewaySettings) -> Redis:
+    """The replica's Redis client: a bounded pool whose callers wait for a free connection.
+
+    redis-py's default pool raises ``MaxConnectionsError`` once 100 calls are in flight: a
+    thousand sockets leaving their rooms at once (a client fleet dropping) lost presence
+    notices and forced a full resync. ``BlockingConnectionPool`` queues those calls instead,
+    each for at most the Redis operation timeout.
+    """
+    assert settings.redis_url is not None
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_op_timeout,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        socket_keepalive=True,
+        health_check_interval=10,
+        # One immediate retry replaces a pooled connection that died with Redis; more (with
+        # backoff) would hold senders up during an outage.
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
 
 
 def _under(path: str, prefix: str) -> bool:

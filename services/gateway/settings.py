@@ -115,6 +115,14 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
         description="Seconds a handshake or room event waits on Redis before carrying on "
         "with what this replica knows.",
     )
+    redis_max_connections: int = Field(
+        100,
+        ge=2,
+        le=10_000,
+        description="Connections to Redis this replica opens at most (the subscription's "
+        "included). When all are busy, a call waits for one (up to the Redis operation "
+        "timeout) instead of failing: a burst of disconnects must not lose presence notices.",
+    )
     redis_batch_window: float = Field(
         0.005,
         ge=0,

@@ -1,4 +1,5 @@
-"""``ScriptBatch`` against a real Redis: one pipeline per loop pass, each caller its own reply."""
+"""The replica's Redis calls against a real Redis: ``ScriptBatch`` (one pipeline per loop pass,
+each caller its own reply) and the bounded pool callers wait on."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
+from services.gateway.app import redis_client
 from services.gateway.redis_batch import MAX_BATCH, ScriptBatch
+from services.gateway.settings import GatewaySettings
 from tests.support.processes import RedisServer, free_port
 
 _ECHO = """
@@ -168,3 +171,20 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others(redis: Countin
     with pytest.raises(asyncio.CancelledError):
         await impatient
     await batch.close()
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections(redis_server: RedisServer) -> None:
+    """A thousand sockets leaving rooms at once: every call gets through, on a bounded pool."""
+    settings = GatewaySettings(redis_url=redis_server.url, redis_max_connections=4)
+    client = redis_client(settings)
+    stock = Redis.from_url(redis_server.url, max_connections=4)  # redis-py's default pool
+    try:
+        await client.delete("pool-test")
+        results = await asyncio.gather(*(client.incr("pool-test") for _ in range(300)))
+        assert sorted(results) == list(range(1, 301))
+        with pytest.raises(MaxConnectionsError):  # what the burst did before
+            await asyncio.gather(*(stock.incr("pool-test") for _ in range(300)))
+    finally:
+        await client.delete("pool-test")
+        await client.aclose()
+        await stock.aclose()
