@@ -250,6 +250,30 @@ def stop_server(proc: Process) -> None:
         proc.stop()
 
 
+_PROBLEM_LEVELS = ("warning", "error", "critical")
+
+
+def log_problems(paths: list[Path]) -> int:
+    """Warnings and errors the servers logged (JSON records), over every file in ``paths``.
+
+    A replica that sheds work under load says so in its log (a failed Redis write, a lost
+    notice) while the figures may look fine: the report shows the count beside them.
+    """
+    count = 0
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                level = json.loads(line).get("level")
+            except (ValueError, AttributeError):
+                continue
+            count += level in _PROBLEM_LEVELS
+    return count
+
+
 def base_env() -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -540,6 +564,9 @@ def run_bench(
                     "connections": bench_connections(kind, stack, gen, cfg, log),
                     "fanout": bench_fanout(kind, stack, gen, cfg, log),
                 }
+            for kind in order:
+                logs = sorted(stack.workdir.glob(f"{kind}-*.log"))
+                results[kind]["log_problems"] = log_problems(logs)  # all runs so far
             runs.append(results)
             if checkpoint is not None:
                 checkpoint(results_so_far())

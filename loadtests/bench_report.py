@@ -342,6 +342,18 @@ def close_line(data: dict[str, Any], servers: list[str]) -> str:
     )
 
 
+def log_problems_line(data: dict[str, Any]) -> str:
+    """How many warnings and errors sockgate's replicas logged over the whole benchmark."""
+    last = data["runs"][-1].get("sockgate", {}) if data["runs"] else {}
+    if "log_problems" not in last:
+        return ""
+    return (
+        "\n\nWarnings and errors in sockgate's logs over all runs (a replica that sheds work "
+        f"under load, a failed Redis write or a lost notice, says so there): "
+        f"{last['log_problems']:,}."
+    )
+
+
 def fanout_table(data: dict[str, Any], servers: list[str]) -> str:
     rows = [
         "| clients | offered deliveries/s | server | deliveries/s | p50 ms | p99 ms "
@@ -515,7 +527,7 @@ Pinning: {pinning}.
 Floors: {FLOOR_SOURCE}. "met" needs the target and at least the Node baseline. A delivery
 rate meets its target, and matches Node's, within 1 %: the measured rate divides by the span
 from the first send to the last delivery, so a run that delivers everything on time still lands
-just under the offered rate.
+just under the offered rate.{log_problems_line(data)}
 
 ### Handshakes
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from loadtests.bench_gateway import log_problems
 from loadtests.bench_report import FIGURES, met
 from loadtests.mint_tokens import MintRefused, check_allowed
 from shared.tokens import TokenVerifier
@@ -167,3 +168,16 @@ def test_rate_targets_allow_the_measurement_window_and_nothing_more() -> None:
     assert met(p99, 50.0, 60.0) == "✗ target"
     connects = figures["connects_per_s"]
     assert met(connects, 1_999, 1_000) == "✗ target"
+
+
+def test_log_problems_counts_warning_and_error_records_only(tmp_path: Path) -> None:
+    first, second = tmp_path / "sockgate-single.log", tmp_path / "sockgate-replica1.log"
+    first.write_text(
+        '{"level":"info","msg":"gateway starting"}\n'
+        '{"level":"warning","msg":"could not publish to Redis"}\n'
+        "Traceback (most recent call last):\n"
+        "{not json\n"
+        '{"level":"error","msg":"closing a connection failed"}\n'
+    )
+    second.write_text('{"level":"critical","msg":"x"}\n{"level":"debug","msg":"y"}\n')
+    assert log_problems([first, second, tmp_path / "missing.log"]) == 3
