@@ -154,36 +154,34 @@ class Gateway:
         self.broadcaster = Broadcaster(
             server=self.server, max_message_bytes=settings.max_message_bytes
         )
-        # Presence and the per-user limit: this replica's view, and the cluster's in Redis.
-        self.presence = Presence(
-            broadcaster=self.broadcaster,
-            store=(
-                RedisPresence(
-                    self.redis, liveness=self.liveness, max_members=settings.who_max_members
-                )
-                if self.redis is not None and self.liveness is not None
-                else None
-            ),
-            max_members=settings.who_max_members,
-        )
-        self.quota_batch: ScriptBatch | None = None
+        # Presence and the per-user limit: this replica's view, and the cluster's in Redis,
+        # whose hot-path scripts (admit, release, presence changes) share pipelines.
+        self.redis_batch: ScriptBatch | None = None
+        presence_store: RedisPresence | None = None
+        quota_store: RedisQuota | None = None
         if self.redis is not None and self.liveness is not None:
-            self.quota_batch = ScriptBatch(
+            self.redis_batch = ScriptBatch(
                 self.redis,
                 timeout=settings.redis_op_timeout,
                 window=settings.redis_batch_window,
                 on_error=self.liveness.failed,
             )
+            presence_store = RedisPresence(
+                self.redis,
+                liveness=self.liveness,
+                batch=self.redis_batch,
+                max_members=settings.who_max_members,
+            )
+            quota_store = RedisQuota(self.redis, liveness=self.liveness, batch=self.redis_batch)
+        self.presence = Presence(
+            broadcaster=self.broadcaster,
+            store=presence_store,
+            max_members=settings.who_max_members,
+        )
         self.quota = UserQuota(
             limit=settings.max_connections_per_user,
             connections=self.connections,
-            store=(
-                RedisQuota(self.redis, liveness=self.liveness, batch=self.quota_batch)
-                if self.redis is not None
-                and self.liveness is not None
-                and self.quota_batch is not None
-                else None
-            ),
+            store=quota_store,
         )
         if self.liveness is not None:
             self.liveness.register(self.presence)
@@ -277,8 +275,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Releases Redis, the key source and Socket.IO's background task."""
-        if self.quota_batch is not None:
-            await self.quota_batch.close()  # the last disconnects' releases
+        if self.redis_batch is not None:
+            await self.redis_batch.close()  # the last disconnects' releases
         if self.liveness is not None:
             await self.liveness.close()
         if self.subscriber is not None:
