@@ -55,6 +55,9 @@ from socketio import packet as sio_packet
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode as WsOpcode
+from websockets.protocol import State as WsState
 
 from services.gateway.limits import HandshakeGate
 
@@ -130,7 +133,8 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
     On uvicorn's sans-I/O websockets protocol, text frames are written with one
     ``transport.write`` per event-loop pass instead of one per frame: each frame is still its
     own websocket frame (Socket.IO needs one packet per frame), but the frames a socket's
-    writer sends in one go (its queued packets) reach the kernel in one system call. Anything
+    writer sends in one go (its queued packets) reach the kernel in one system call. A frame
+    sent to many sockets (a room broadcast) is serialized once (``send_frame_now``). Anything
     else (other protocols, before the handshake, after a close) takes the stock path, which
     also writes out any frame still held, so frames never change order.
     """
@@ -158,6 +162,30 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
             proto.conn.send_text(message.encode())
         except InvalidState:
             raise ClientDisconnected() from None
+        if not self._flush_armed:
+            self._flush_armed = True
+            proto.loop.call_soon(self._flush)
+        return True
+
+    def send_frame_now(self, frame: bytes) -> bool:
+        """``send_text_now`` for a text frame already serialized (see ``_text_frame``).
+
+        A room broadcast sends the same frame to every member: serialized once (server frames
+        are unmasked, and the gateway runs without extensions), it is appended to each
+        connection's outgoing data as websockets' ``send_text`` would append it, after the
+        same state checks. Returns ``False``, having sent nothing, when the stock path must
+        take it.
+        """
+        if not self.can_send_now():
+            return False
+        proto = self._protocol
+        assert proto is not None  # can_send_now found the sans-I/O protocol
+        conn = proto.conn
+        if conn.extensions or conn.expect_continuation_frame:
+            return False
+        if conn.state is not WsState.OPEN:
+            raise ClientDisconnected()
+        conn.writes.append(frame)
         if not self._flush_armed:
             self._flush_armed = True
             proto.loop.call_soon(self._flush)
@@ -248,6 +276,20 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         if len(data) > self._max_frame:
             raise ValueError("packet is too large")
         return data
+
+
+def _text_frame(pkt: engineio.packet.Packet) -> bytes:
+    """``pkt`` as a serialized websocket text frame (server side), made once per packet.
+
+    websockets serializes it (``Frame.serialize``); the bytes are kept on the packet, whose
+    encoded form python-engineio caches the same way, so a broadcast to a thousand sockets
+    builds one frame, not a thousand.
+    """
+    frame: bytes | None = getattr(pkt, "ws_frame", None)
+    if frame is None:
+        frame = WsFrame(WsOpcode.TEXT, pkt.encode().encode()).serialize(mask=False)
+        pkt.ws_frame = frame
+    return frame
 
 
 def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
@@ -783,10 +825,11 @@ class _LeanSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             or self.writer is not None
             or self.writer_ended
             or not self.queue.empty()
+            or pkt.binary
         ):
             return False
         try:
-            return ws.send_text_now(pkt.encode())
+            return ws.send_frame_now(_text_frame(pkt))
         except ClientDisconnected:
             return False
 

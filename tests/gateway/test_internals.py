@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import random
 
+import engineio.packet
 import pytest
 from engineio.async_drivers import asgi as asgi_driver
 from socketio.base_manager import BaseManager
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from services.gateway import server as server_module
 from services.gateway.fanout import LocalManager
@@ -255,3 +258,14 @@ async def test_engine_events_run_inline_with_the_stock_error_rules(
 def test_only_new_websocket_sessions_take_the_direct_path(query: bytes, direct: bool) -> None:
     server = server_module.EngineServer(async_mode="asgi")
     assert server._opens_websocket({"type": "websocket", "query_string": query}) is direct
+
+
+@pytest.mark.parametrize("size", [0, 10, 125, 126, 65_535, 65_536])
+def test_a_prepared_frame_is_what_websockets_would_send(size: int) -> None:
+    text = "é" * (size // 2) + "x" * (size % 2)
+    pkt = engineio.packet.Packet(engineio.packet.MESSAGE, text)
+    connection = ServerProtocol()
+    connection.state = State.OPEN
+    connection.send_text(pkt.encode().encode())
+    assert server_module._text_frame(pkt) == b"".join(connection.data_to_send())
+    assert server_module._text_frame(pkt) is server_module._text_frame(pkt)  # made once
