@@ -164,7 +164,7 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
             raise ClientDisconnected() from None
         if not self._flush_armed:
             self._flush_armed = True
-            proto.loop.call_soon(self._flush)
+            self._flushes.add(self)
         return True
 
     def send_frame_now(self, frame: bytes) -> bool:
@@ -188,7 +188,7 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         conn.writes.append(frame)
         if not self._flush_armed:
             self._flush_armed = True
-            proto.loop.call_soon(self._flush)
+            self._flushes.add(self)
         return True
 
     def can_send_now(self) -> bool:
@@ -234,7 +234,8 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
                 self._protocol = proto
         return self._protocol
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Writes the frames held for this socket (``Flushes`` calls it once per loop pass)."""
         self._flush_armed = False
         proto = self._protocol
         if proto is None:
@@ -246,6 +247,7 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
         self._max_frame = server.max_http_buffer_size
+        self._flushes: Flushes = server.flushes
 
     async def wait(self) -> str | bytes:
         """The next frame (python-engineio's ``websocket_wait`` and ``WebSocket.wait``).
@@ -276,6 +278,36 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         if len(data) > self._max_frame:
             raise ValueError("packet is too large")
         return data
+
+
+class Flushes:
+    """The websockets with frames to write, written out together once per event-loop pass.
+
+    A room broadcast holds a frame for each member; one callback then writes every member's
+    frames (one ``transport.write`` each) instead of one scheduled callback per member.
+    """
+
+    __slots__ = ("_armed", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: list[_GuardedWebSocket] = []
+        self._armed = False
+
+    def add(self, websocket: _GuardedWebSocket) -> None:
+        """Writes ``websocket``'s held frames at the end of this loop pass."""
+        self._pending.append(websocket)
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self._armed = False
+        pending, self._pending = self._pending, []
+        for websocket in pending:
+            try:
+                websocket.flush()
+            except Exception:  # one broken transport must not keep the others' frames
+                log.debug("writing held frames failed", exc_info=True)
 
 
 def _text_frame(pkt: engineio.packet.Packet) -> bytes:
@@ -923,6 +955,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         super().__init__(**kwargs)
         self.sockets = _Sessions()
         self.pings = PingWheel(self.ping_interval)
+        self.flushes = Flushes()
         # The driver table python-engineio picked for async_mode="asgi", with two entries
         # replaced by checked versions.
         drivers: dict[str, Any] = dict(getattr(self, "_async", {}))
