@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -187,6 +188,16 @@ class TokenVerifier:
         return _access_claims(claims)
 
 
+@functools.lru_cache(maxsize=1024)
+def _interned(items: tuple[str, ...]) -> frozenset[str]:
+    """One shared frozenset per distinct set of rooms or scopes.
+
+    Most tokens carry the same few (often none); each socket keeps its claims for its life,
+    and since Python 3.10 every ``frozenset(...)``, even an empty one, is a new object.
+    """
+    return frozenset(items)
+
+
 def _access_claims(claims: dict[str, Any]) -> AccessClaims:
     sub, iat, exp = claims["sub"], claims["iat"], claims["exp"]
     if not isinstance(sub, str) or not sub or len(sub) > 128:
@@ -207,7 +218,7 @@ def _access_claims(claims: dict[str, Any]) -> AccessClaims:
         iat=int(iat),
         exp=int(exp),
         jti=jti,
-        rooms=frozenset(rooms),
-        scope=frozenset(scope.split()),
+        rooms=_interned(tuple(rooms)),
+        scope=_interned(tuple(scope.split())),
         raw=claims,
     )
