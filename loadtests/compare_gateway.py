@@ -111,7 +111,8 @@ def compare(args: argparse.Namespace, stack: Stack, gen: LoadGenerator, sides: l
                 group = f"{side.name}-{index}"
                 side.rounds.append(storm(side, gen, group, args.count, args.inflight))
                 close(side, gen, group)
-        report(sides)
+        if args.rounds:
+            report(sides)
     finally:
         for side in sides:
             if side.proc is not None:
