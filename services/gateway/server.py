@@ -54,7 +54,6 @@ from engineio.exceptions import EngineIOError
 from socketio import packet as sio_packet
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import InvalidState
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode as WsOpcode
 from websockets.protocol import State as WsState
@@ -154,21 +153,10 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         Returns ``False``, having sent nothing, when the frame must take the stock path
         (another protocol, handshake not complete, closing, or the transport is paused).
         """
-        if not self.can_send_now():
-            return False
-        proto = self._protocol
-        assert proto is not None  # can_send_now found the sans-I/O protocol
-        try:
-            proto.conn.send_text(message.encode())
-        except InvalidState:
-            raise ClientDisconnected() from None
-        if not self._flush_armed:
-            self._flush_armed = True
-            self._flushes.add(self)
-        return True
+        return self.can_send_now() and self.send_frame_now(_serialized_text(message))
 
     def send_frame_now(self, frame: bytes) -> bool:
-        """``send_text_now`` for a text frame already serialized (see ``_text_frame``).
+        """``send_text_now`` for a text frame already serialized (``_serialized_text``).
 
         A room broadcast sends the same frame to every member: serialized once (server frames
         are unmasked, and the gateway runs without extensions), it is appended to each
@@ -319,9 +307,13 @@ def _text_frame(pkt: engineio.packet.Packet) -> bytes:
     """
     frame: bytes | None = getattr(pkt, "ws_frame", None)
     if frame is None:
-        frame = WsFrame(WsOpcode.TEXT, pkt.encode().encode()).serialize(mask=False)
-        pkt.ws_frame = frame
+        frame = pkt.ws_frame = _serialized_text(pkt.encode())
     return frame
+
+
+def _serialized_text(text: str) -> bytes:
+    """``text`` as a server's websocket text frame, serialized by websockets."""
+    return WsFrame(WsOpcode.TEXT, text.encode()).serialize(mask=False)
 
 
 def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
