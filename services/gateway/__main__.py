@@ -136,6 +136,7 @@ def main() -> None:
     gateway = create_app(settings)
     config = uvicorn.Config(
         gateway,
+        interface="asgi3",  # Gateway.__call__ returns its handler's coroutine (see its doc)
         host=settings.host,
         port=settings.port,
         loop="uvloop",

@@ -10,7 +10,7 @@ them. ``Gateway.drain`` is what SIGTERM runs (see ``__main__``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -239,13 +239,21 @@ class Gateway:
         self._http_app = Starlette(routes=routes, lifespan=self._lifespan)
         self._asgi = socketio.ASGIApp(self.server, other_asgi_app=self._http_app)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[Any]:
+        """The ASGI entry point: hands each request to its handler's coroutine.
+
+        A plain callable that returns the coroutine to await (uvicorn is told the interface,
+        ``asgi3``, rather than guessing it from ``async def``): a coroutine of its own would
+        stay suspended, a frame per socket, for every websocket's life. Websockets go straight
+        to Engine.IO, skipping the two ASGI wrappers (which route them the same way) and
+        their frames too.
+        """
+        handler: Awaitable[Any]
         if scope["type"] == "websocket" and _under(scope["path"], self._asgi.engineio_path):
-            # Straight to Engine.IO: the two ASGI wrappers' frames would stay suspended for
-            # the websocket's life (memory per connection), and route as this does.
-            await self.server.eio.handle_request(scope, receive, send)
+            handler = self.server.eio.handle_request(scope, receive, send)
         else:
-            await self._asgi(scope, receive, send)
+            handler = self._asgi(scope, receive, send)
+        return handler
 
     # -- lifecycle --------------------------------------------------------------------------
 
