@@ -316,6 +316,15 @@ def _serialized_text(text: str) -> bytes:
     return WsFrame(WsOpcode.TEXT, text.encode()).serialize(mask=False)
 
 
+# What every accepted websocket's scope holds in these keys (nothing writes them afterwards).
+_SHARED_SCOPE_PARTS: dict[str, Any] = {
+    "asgi": {"version": "3.0", "spec_version": "2.4"},
+    "extensions": {"websocket.http.response": {}},
+    "state": {},
+    "subprotocols": [],
+}
+
+
 def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
     """Frees what an accepted uvicorn sans-I/O websocket keeps only for its handshake.
 
@@ -331,7 +340,15 @@ def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
       already waits on it.
     - The protocol's attribute dict, which outgrew its shared-key table during the handshake,
       is replaced by a compact copy.
+    - The ASGI scope's small parts that every websocket has the same (``asgi``,
+      ``extensions``, ``state``, ``subprotocols``; uvicorn reads them only before the accept)
+      become shared copies, when they hold what every socket's hold.
     """
+    scope = getattr(proto, "scope", None)
+    if isinstance(scope, dict):
+        for key, shared in _SHARED_SCOPE_PARTS.items():
+            if scope.get(key) == shared:
+                scope[key] = shared
     request = getattr(proto, "request", None)
     if request is not None:
         request.headers.clear()

@@ -269,3 +269,39 @@ def test_a_prepared_frame_is_what_websockets_would_send(size: int) -> None:
     connection.send_text(pkt.encode().encode())
     assert server_module._text_frame(pkt) == b"".join(connection.data_to_send())
     assert server_module._text_frame(pkt) is server_module._text_frame(pkt)  # made once
+
+
+class _Protocol:
+    """The attributes of uvicorn's sans-I/O protocol that ``_trim_handshake_state`` touches."""
+
+    def __init__(self, scope: dict[str, object], writable: asyncio.Event) -> None:
+        self.scope = scope
+        self.request = None
+        self.response = None
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.writable = writable
+
+
+def test_accepted_websockets_share_the_scope_parts_every_socket_has() -> None:
+    def accepted(subprotocols: list[str]) -> _Protocol:
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "extensions": {"websocket.http.response": {}},
+            "state": {},
+            "subprotocols": subprotocols,
+            "path": "/socket.io/",
+        }
+        event = asyncio.Event()
+        event.set()
+        proto = _Protocol(scope, event)
+        server_module._trim_handshake_state(proto)  # type: ignore[arg-type]
+        return proto
+
+    first, second, other = accepted([]), accepted([]), accepted(["chat"])
+    for key in ("asgi", "extensions", "state", "subprotocols"):
+        assert first.scope[key] is second.scope[key], key
+    assert other.scope["subprotocols"] == ["chat"]  # what differs stays the socket's own
+    assert other.scope["asgi"] is first.scope["asgi"]
+    assert first.scope["path"] == "/socket.io/"
+    assert first.writable.is_set()
