@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.gateway.limits import AbuseMeter, TokenBucket
 from services.gateway.rooms import user_room
@@ -19,13 +19,17 @@ if TYPE_CHECKING:
     from services.gateway.expiry import ExpiryEntry
 
 
+_NO_RAW: dict[str, Any] = {}  # shared by every socket's claims; nothing writes to it
+
+
 def lean_claims(claims: AccessClaims) -> AccessClaims:
-    """``claims`` without ``raw``, for keeping on a socket.
+    """``claims`` without ``raw`` and ``jti``, for keeping on a socket.
 
     ``raw`` is the token's whole decoded payload (~1 KB per socket as dicts, lists and strings);
-    it is read once, during the handshake, and the typed fields hold all a socket needs.
+    it is read once, during the handshake, and the typed fields hold all a socket needs (the
+    token id is not among them: revocations go by user and issue time).
     """
-    return replace(claims, raw={}) if claims.raw else claims
+    return replace(claims, raw=_NO_RAW, jti="")
 
 
 @dataclass(slots=True, eq=False)
