@@ -971,7 +971,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         drivers.update(websocket=_GuardedWebSocket, translate_request=_translate_request)
         setattr(self, "_async", drivers)  # noqa: B010 - attribute mypy cannot see through
 
-    async def handle_request(self, scope: Any, receive: Any, send: Any) -> Any:
+    async def handle_request(self, scope: Any, receive: Any, send: Any) -> None:
         """python-engineio's entry point, with a direct path for a new websocket session.
 
         A client that opens its session on a websocket (``EIO=4&transport=websocket``, no
@@ -983,7 +983,10 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         path.
         """
         if scope.get("type") != "websocket" or not self._opens_websocket(scope):
-            return await super().handle_request(scope, receive, send)
+            # The stock result (a websocket's "") is not passed on: the gateway's ASGI entry
+            # returns this coroutine to uvicorn, for which an app returns None.
+            await super().handle_request(scope, receive, send)
+            return None
         opened = await self._open_websocket_session(scope, receive, send)
         if opened is None:
             return None  # refused, and told so
@@ -991,7 +994,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio is u
         await socket._websocket_handler(websocket)  # until the websocket ends
         if socket.closed and self.sockets.get(socket.sid) is socket:
             del self.sockets[socket.sid]  # the session is over
-        return ""
+        return None
 
     async def _open_websocket_session(
         self, scope: Any, receive: Any, send: Any

@@ -7,6 +7,7 @@ and ``err.data.code``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -176,6 +177,33 @@ async def test_origin_allowlist(cluster: Cluster, node: NodeClients) -> None:
     assert no_origin["data"]["code"] == "token_missing"
     with_token = await node.connect("no-origin-token", cluster.a.url, token=token)
     assert with_token["type"] == "connect"
+
+
+async def test_connecting_and_leaving_logs_no_errors(cluster: Cluster, node: NodeClients) -> None:
+    """Sockets that come and go on either transport leave no error in the replica's log."""
+    logged_before = len(cluster.a.logs())
+    open_before = cluster.a.metric("gateway_connected_sockets")
+    names = []
+    for transports in (["websocket"], ["polling"], ["polling", "websocket"]):
+        name = unique("quiet")
+        result = await node.connect(
+            name, cluster.a.url, token=cluster.signer.token(), transports=transports
+        )
+        assert result["type"] == "connect", transports
+        names.append(name)
+    for name in names:
+        await node.close(name)
+    deadline = time.monotonic() + 5
+    while cluster.a.metric("gateway_connected_sockets") > open_before:
+        assert time.monotonic() < deadline, "the sockets did not close"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the transports' own ends come after the disconnect handlers
+    records = [
+        json.loads(line)
+        for line in cluster.a.logs()[logged_before:].splitlines()
+        if line.startswith("{")
+    ]
+    assert [r for r in records if r.get("level") in ("error", "critical")] == []
 
 
 async def test_connecting_costs_no_auth_service_call(cluster: Cluster, node: NodeClients) -> None:
