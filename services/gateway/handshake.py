@@ -74,15 +74,12 @@ _KEPT_ENVIRON = ("HTTP_AUTHORIZATION",)
 def forget_request(environ: dict[str, Any]) -> None:
     """Drops the handshake request from the environ python-socketio keeps, once admitted.
 
-    python-socketio keeps the Engine.IO handshake's environ, and through it the ASGI scope, for
-    the socket's life: ~20 WSGI-style entries and a copy of every request header, with the
-    scope's own copy (~3 KB a socket). Nothing reads them after the connect but a later
-    CONNECT on the same session, whose token may come from the Authorization header: that
-    one entry is kept, the scope's header list emptied.
+    python-socketio keeps the Engine.IO handshake's environ for the socket's life: ~20
+    WSGI-style entries, a copy of every request header and the ASGI scope (~2 KB a socket).
+    Nothing reads them after the connect but a later CONNECT on the same session, whose token
+    may come from the Authorization header: that one entry is kept. (The scope's own copy of
+    the headers is emptied when the websocket is accepted: ``server._trim_handshake_state``.)
     """
-    scope = environ.get("asgi.scope")
-    if isinstance(scope, dict) and scope.get("headers"):
-        scope["headers"] = []
     kept = {key: environ[key] for key in _KEPT_ENVIRON if key in environ}
     environ.clear()  # a dict never shrinks on deletes; cleared and refilled, it does
     environ.update(kept)

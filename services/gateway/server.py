@@ -340,12 +340,15 @@ def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
       already waits on it.
     - The protocol's attribute dict, which outgrew its shared-key table during the handshake,
       is replaced by a compact copy.
-    - The ASGI scope's small parts that every websocket has the same (``asgi``,
-      ``extensions``, ``state``, ``subprotocols``; uvicorn reads them only before the accept)
-      become shared copies, when they hold what every socket's hold.
+    - The ASGI scope (uvicorn reads it only before the accept): its header list is emptied
+      (the request's environ already holds its own copy), and its small parts that every
+      websocket has the same (``asgi``, ``extensions``, ``state``, ``subprotocols``) become
+      shared copies, when they hold what every socket's hold.
     """
     scope = getattr(proto, "scope", None)
     if isinstance(scope, dict):
+        if scope.get("headers"):
+            scope["headers"] = []
         for key, shared in _SHARED_SCOPE_PARTS.items():
             if scope.get(key) == shared:
                 scope[key] = shared

@@ -291,6 +291,7 @@ def test_accepted_websockets_share_the_scope_parts_every_socket_has() -> None:
             "state": {},
             "subprotocols": subprotocols,
             "path": "/socket.io/",
+            "headers": [(b"authorization", b"Bearer abc.def.ghi")],
         }
         event = asyncio.Event()
         event.set()
@@ -304,4 +305,5 @@ def test_accepted_websockets_share_the_scope_parts_every_socket_has() -> None:
     assert other.scope["subprotocols"] == ["chat"]  # what differs stays the socket's own
     assert other.scope["asgi"] is first.scope["asgi"]
     assert first.scope["path"] == "/socket.io/"
+    assert first.scope["headers"] == []  # the environ holds its own copy
     assert first.writable.is_set()
