@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.api_jws import PyJWS
+from jwt.utils import base64url_decode, base64url_encode
 
 ALGORITHM = "RS256"
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
@@ -36,6 +38,7 @@ _SEGMENT = r"[A-Za-z0-9_-]+"
 _JWS_SHAPE = re.compile(rf"^{_SEGMENT}\.{_SEGMENT}\.{_SEGMENT}\Z")
 _KID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 _MAX_HEADER_BYTES = 1024
+_B64URL_ALPHABET_ONLY = re.compile(rb"[A-Za-z0-9_-]*")
 
 
 class TokenError(Exception):
@@ -103,6 +106,46 @@ def _b64url_decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
+class _SegmentCheckingJWS(PyJWS):
+    """PyJWS whose base64url check of each segment is one regex match, not a Python loop.
+
+    PyJWT 2.15 checks every character of every segment against the alphabet in a generator
+    (GHSA-hxm8-2xgr-2p9m): ~540 iterations per access token, 18 of the 48 µs ``decode`` takes.
+    This is the same function (PyJWT 2.15.1's ``_decode_base64url_segment``) with that loop
+    replaced by a compiled regex; ``tests/test_token_verification.py`` checks it gives the same
+    bytes or the same error as PyJWT's own on every kind of segment.
+    """
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        padding = 0
+        stripped = segment
+        while stripped.endswith(b"="):
+            stripped = stripped[:-1]
+            padding += 1
+            if padding > 2:
+                raise jwt.DecodeError(f"Invalid {name} padding")
+        if padding and len(segment) % 4 != 0:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        if len(stripped) % 4 == 1 or _B64URL_ALPHABET_ONLY.fullmatch(stripped) is None:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        try:
+            decoded = base64url_decode(stripped)
+        except (TypeError, binascii.Error) as err:
+            raise jwt.DecodeError(f"Invalid {name} padding") from err
+        if base64url_encode(decoded) != stripped:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        return decoded
+
+
+class _PyJWT(jwt.PyJWT):
+    """PyJWT with ``_SegmentCheckingJWS`` underneath; options and checks are PyJWT's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._jws = _SegmentCheckingJWS(options=self._get_sig_options())
+
+
 class TokenVerifier:
     """Verifies RS256 access tokens against one issuer, one audience and one key source."""
 
@@ -122,7 +165,7 @@ class TokenVerifier:
         self._keys = keys
         self._leeway = leeway
         self._max_token_bytes = max_token_bytes
-        self._jwt = jwt.PyJWT()
+        self._jwt = _PyJWT()
 
     def header(self, token: object) -> dict[str, Any]:
         """Checks the token's shape and header without any key; returns the header."""

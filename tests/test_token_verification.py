@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from jwt.api_jws import PyJWS
 
 from services.auth.keys import public_jwk
 from shared.jwks import JwksKeySource
@@ -38,6 +41,7 @@ from shared.tokens import (
     TokenInvalid,
     TokenMissing,
     TokenVerifier,
+    _SegmentCheckingJWS,
 )
 from tests.support.jwks_server import JwksServer
 from tests.support.keys import (
@@ -905,3 +909,53 @@ async def test_a_foreign_key_reusing_a_known_kid_is_refused(
     await rig.refuse(token(keys.attacker, kid=keys.signer_kid))
     assert rig.keys.lookups == [("get", keys.signer_kid)]
     assert jwks.jwks_requests() == 1
+
+
+# --------------------------------------------------------------------------- PyJWT's segment check
+
+
+def _segments() -> Iterator[bytes]:
+    """Base64url segments of every shape PyJWT's check tells apart, valid and not."""
+    rng = random.Random(5)
+    for size in range(0, 40):
+        encoded = base64.urlsafe_b64encode(rng.randbytes(size))
+        stripped = encoded.rstrip(b"=")
+        yield encoded  # padded
+        yield stripped  # unpadded, as JWS has it
+        yield stripped + b"=" * 3  # too much padding
+        yield stripped + b"="  # padding that does not fit the length
+        yield stripped[:-1]  # a length of 4k+1, or a truncated final group
+        if stripped:
+            last = stripped[-1:]
+            yield stripped[:-1] + (b"B" if last != b"B" else b"C")  # non-canonical final bits
+            for junk in (b"!", b"+", b"/", b" ", b"\n", b".", b"\xc3\xa9", b"\x00", b"="):
+                cut = rng.randrange(len(stripped))
+                yield stripped[:cut] + junk + stripped[cut + 1 :]
+    yield b"=="
+    yield b"===="
+    yield b"A\n"
+
+
+def test_the_segment_check_matches_pyjwts_own() -> None:
+    """``_SegmentCheckingJWS`` replaces a PyJWT loop; it must accept and refuse the same."""
+
+    def outcome(check: Callable[[bytes, str], bytes], segment: bytes) -> tuple[str, Any]:
+        try:
+            return "decoded", check(segment, "payload")
+        except jwt.DecodeError as exc:
+            return "refused", str(exc)
+
+    checked = refused = 0
+    for segment in _segments():
+        ours = outcome(_SegmentCheckingJWS._decode_base64url_segment, segment)
+        assert ours == outcome(PyJWS._decode_base64url_segment, segment), segment
+        checked += 1
+        refused += ours[0] == "refused"
+    assert checked > 500 and 0 < refused < checked
+
+
+async def test_the_verifier_decodes_through_the_regex_segment_check(rig: Rig, keys: Keys) -> None:
+    assert isinstance(rig.verifier._jwt._jws, _SegmentCheckingJWS)
+    header, payload, signature = token(keys.signer).split(".")
+    assert (await rig.verifier.verify(f"{header}.{payload}.{signature}")).sub
+    await rig.refuse(f"{header}.{payload}.{signature[:-1]}")  # a length of 4k+1
