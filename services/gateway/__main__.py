@@ -22,6 +22,7 @@ import uvicorn
 
 from services.gateway.app import Gateway, create_app
 from services.gateway.settings import GatewaySettings
+from services.gateway.websocket_protocol import GatewayWebSocketProtocol, quiet_websocket_logger
 from shared.logging import configure_logging
 
 log = logging.getLogger("services.gateway")
@@ -133,6 +134,7 @@ def main() -> None:
     configure_logging(settings)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).addFilter(_ConnectionLogFilter())
+    quiet_websocket_logger(_ConnectionLogFilter())
     gateway = create_app(settings)
     config = uvicorn.Config(
         gateway,
@@ -141,7 +143,7 @@ def main() -> None:
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws=settings.ws,
+        ws=GatewayWebSocketProtocol if settings.ws == "websockets-sansio" else settings.ws,
         ws_per_message_deflate=False,
         ws_max_size=settings.max_frame_bytes,
         # Engine.IO's heartbeat (GATEWAY_PING_INTERVAL / GATEWAY_PING_TIMEOUT) already finds

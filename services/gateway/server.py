@@ -216,7 +216,7 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
             self._resolved = True
             proto = getattr(self.asgi_send, "__self__", None)
             if (
-                type(proto) is WebSocketsSansIOProtocol
+                isinstance(proto, WebSocketsSansIOProtocol)
                 and getattr(self.asgi_receive, "__self__", None) is proto
             ):
                 self._protocol = proto

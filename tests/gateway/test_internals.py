@@ -8,12 +8,15 @@ request translation and event dispatch must give what python-engineio's own woul
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 
 import engineio.packet
 import pytest
+import uvicorn
 from engineio.async_drivers import asgi as asgi_driver
 from socketio.base_manager import BaseManager
+from uvicorn.server import ServerState
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -21,6 +24,11 @@ from services.gateway import server as server_module
 from services.gateway.fanout import LocalManager
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.server import Flag, PacketQueue
+from services.gateway.websocket_protocol import (
+    WEBSOCKET_LOGGER,
+    GatewayWebSocketProtocol,
+    quiet_websocket_logger,
+)
 from shared.metrics import new_registry
 
 
@@ -307,3 +315,31 @@ def test_accepted_websockets_share_the_scope_parts_every_socket_has() -> None:
     assert first.scope["path"] == "/socket.io/"
     assert first.scope["headers"] == []  # the environ holds its own copy
     assert first.writable.is_set()
+
+
+def test_the_websocket_protocol_makes_no_per_socket_info_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn's INFO lines per socket are never built; its warnings and errors still pass."""
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        return None
+
+    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, log_config=None)
+    config.load()
+    assert config.ws_protocol_class is GatewayWebSocketProtocol
+    quiet_websocket_logger()
+    loop = asyncio.new_event_loop()
+    try:
+        proto = GatewayWebSocketProtocol(config, ServerState(), {}, _loop=loop)
+    finally:
+        loop.close()
+    for logger in (proto.logger, proto.conn.logger):
+        assert logger.name == WEBSOCKET_LOGGER
+        assert not logger.isEnabledFor(logging.INFO)
+    with caplog.at_level(logging.INFO):  # even when the root logger takes INFO
+        proto.conn.logger.info("connection open")
+        proto.logger.error("ASGI callable returned without completing handshake.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "ASGI callable returned without completing handshake."
+    ]
