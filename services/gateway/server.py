@@ -59,6 +59,7 @@ from websockets.frames import Opcode as WsOpcode
 from websockets.protocol import State as WsState
 
 from services.gateway.limits import HandshakeGate
+from services.gateway.websocket_protocol import GatewayWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,14 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         if conn.state is not WsState.OPEN:
             raise ClientDisconnected()
         conn.writes.append(frame)
+        self._hold_flush()
+        return True
+
+    def _hold_flush(self) -> None:
+        """Writes this socket's outgoing data at the end of the loop pass (``Flushes``)."""
         if not self._flush_armed:
             self._flush_armed = True
             self._flushes.add(self)
-        return True
 
     def can_send_now(self) -> bool:
         """Whether ``send_text_now`` would take a frame now."""
@@ -205,8 +210,11 @@ class _GuardedWebSocket(asgi_driver.WebSocket):  # type: ignore[misc]  # enginei
         """
         self.asgi_receive = environ["asgi.receive"]
         self.asgi_send = environ["asgi.send"]
-        await self.asgi_send({"type": "websocket.accept"})
         proto = self._sansio()
+        if isinstance(proto, GatewayWebSocketProtocol) and proto.accept_held():
+            self._hold_flush()  # the 101 goes out with the first frame (the OPEN packet)
+        else:
+            await self.asgi_send({"type": "websocket.accept"})
         if proto is not None and proto.handshake_complete:
             _trim_handshake_state(proto)
 

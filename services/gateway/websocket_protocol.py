@@ -1,4 +1,4 @@
-"""uvicorn's sans-I/O websocket protocol, without the log records it makes for every socket."""
+"""uvicorn's sans-I/O websocket protocol: no log records per socket, the 101 sent with the OPEN."""
 
 from __future__ import annotations
 
@@ -28,6 +28,35 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         logger = logging.getLogger(WEBSOCKET_LOGGER)
         self.logger = logger
         self.conn.logger = logger
+
+    def accept_held(self) -> bool:
+        """uvicorn's ``websocket.accept`` (no extra headers, no subprotocol), not yet written.
+
+        The 101 response is left in the connection's outgoing data, where the Engine.IO OPEN
+        packet the gateway sends next joins it: the caller flushes both in one write (one
+        system call, one segment for the client to wake up for) where uvicorn's accept writes
+        the 101 at once and the OPEN packet goes out in a second write. The steps are
+        uvicorn 0.54's for the same message. Returns ``False``, having done nothing, whenever
+        uvicorn's own ``send`` must take it (closing, disconnected, paused, already answered).
+        """
+        if (
+            self.disconnected
+            or self.handshake_complete
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        ):
+            return False
+        headers = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, value in self.default_headers
+        ]
+        del self.response.headers["Date"]
+        self.response.headers.update(headers)
+        self.handshake_complete = True
+        self.conn.send_response(self.response)
+        self.start_keepalive()
+        return True
 
 
 def quiet_websocket_logger(*filters: logging.Filter) -> None:

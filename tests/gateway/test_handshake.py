@@ -228,3 +228,32 @@ async def test_a_header_token_serves_a_second_connect_on_the_same_session(
         again = await sock.recv()
         assert isinstance(again, str) and again.startswith("40{"), again
         assert again != first  # a new Socket.IO session id
+
+
+async def test_the_upgrade_response_and_the_open_packet_arrive_together(cluster: Cluster) -> None:
+    """The 101 and Engine.IO's OPEN packet leave in one write, so one read holds both."""
+    host, _, port = cluster.a.url.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        key = base64.b64encode(b"sixteen byte key").decode()
+        writer.write(
+            (
+                "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                f"Host: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        first = await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+    head, _, rest = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    accept = base64.b64encode(
+        hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()  # noqa: S324
+    )
+    assert b"\r\nSec-WebSocket-Accept: " + accept in head
+    assert b"\r\ndate: " in head.lower()
+    # an unmasked text frame (0x81), a 7-bit length, then the OPEN packet ("0{...}")
+    assert rest[:1] == b"\x81" and rest[1] < 126 and len(rest) == 2 + rest[1]
+    opening = json.loads(rest[2:].decode().removeprefix("0"))
+    assert rest[2:3] == b"0" and opening["upgrades"] == [] and opening["sid"]
