@@ -417,10 +417,18 @@ def bench_connections(
 
 
 def bench_fanout(
-    kind: str, stack: Stack, gen: LoadGenerator, cfg: BenchConfig, log: Callable[[str], None]
+    kind: str,
+    stack: Stack,
+    gen: LoadGenerator,
+    cfg: BenchConfig,
+    log: Callable[[str], None],
+    root: Path = ROOT,
 ) -> list[dict[str, Any]]:
-    """Room fan-out through two replicas and Redis, for each client count and offered rate."""
-    replicas = [stack.start_server(kind, f"{kind}-replica{i + 1}") for i in range(2)]
+    """Room fan-out through two replicas and Redis, for each client count and offered rate.
+
+    ``root`` is the checkout sockgate's replicas run from (another one for A/B runs).
+    """
+    replicas = [stack.start_server(kind, f"{kind}-replica{i + 1}", root=root) for i in range(2)]
     urls = [url for _, url in replicas]
     pids = [proc.pid for proc, _ in replicas] + [stack.redis_pid]
     points = []

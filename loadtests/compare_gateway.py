@@ -11,7 +11,14 @@ cancels out of. ``--memory`` adds a round that keeps ``--memory`` sockets open o
 reads RSS per connection, before the CPU rounds (a process's RSS does not shrink after a
 close, and memory freed by earlier storms would hide what new sockets take).
 
+``--fanout RATE`` compares room fan-out instead: each round runs ``bench_gateway``'s fan-out
+step (two fresh replicas of one tree, ``--clients`` clients in rooms of 100, RATE offered
+deliveries/s) for one tree, then the other, and compares the CPU per delivery of the replicas
+and Redis, and the delivery p99.
+
     SOCKGATE_LOADTEST=1 .venv/bin/python -m loadtests.compare_gateway --base HEAD~1 --rounds 8
+    SOCKGATE_LOADTEST=1 .venv/bin/python -m loadtests.compare_gateway --base HEAD~1 --rounds 6 \
+        --fanout 75000
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from loadtests.bench_gateway import (
     BenchConfig,
     LoadGenerator,
     Stack,
+    bench_fanout,
     bench_stack,
     cpu_ms,
     exit_on_sigterm,
@@ -119,6 +128,46 @@ def compare(args: argparse.Namespace, stack: Stack, gen: LoadGenerator, sides: l
                 stop(side.proc)
 
 
+def compare_fanout(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    stack: Stack,
+    gen: LoadGenerator,
+    sides: list[Side],
+) -> None:
+    """Alternating fan-out steps of the two trees; the median ratio of CPU per delivery."""
+    step = replace(config, fanout_clients=(args.clients,), fanout_rates=(args.fanout,))
+    for index in range(args.rounds):
+        for side in sides if index % 2 == 0 else sides[::-1]:
+            (point,) = bench_fanout("sockgate", stack, gen, step, lambda line: None, root=side.root)
+            side.rounds.append(_fanout_figures(point))
+    base, new = sides
+    for side in sides:
+        rows = side.rounds
+        print(
+            f"{side.name}: deliveries/s {[round(r['deliveries_per_s']) for r in rows]}, "
+            f"p99 ms {[r['p99_ms'] for r in rows]}, "
+            f"CPU-µs per delivery {[round(r['cpu_us'], 2) for r in rows]}"
+        )
+        print(
+            f"{side.name} medians: {statistics.median(r['deliveries_per_s'] for r in rows):,.0f}"
+            f" deliveries/s, p99 {statistics.median(r['p99_ms'] for r in rows):.1f} ms,"
+            f" {statistics.median(r['cpu_us'] for r in rows):.2f} CPU-µs per delivery"
+        )
+    ratios = [n["cpu_us"] / b["cpu_us"] for b, n in zip(base.rounds, new.rounds, strict=True)]
+    print(f"CPU per delivery, {new.name} / {base.name}, per round: {[round(r, 3) for r in ratios]}")
+    print(f"median ratio: {statistics.median(ratios):.3f}")
+
+
+def _fanout_figures(point: dict[str, Any]) -> dict[str, float]:
+    p99 = point["latency_ms"]["p99"]
+    return {
+        "deliveries_per_s": point["deliveries_per_s"],
+        "p99_ms": float("inf") if p99 is None else round(p99, 1),
+        "cpu_us": point["server_cpu_us_per_delivery"],
+    }
+
+
 def report(sides: list[Side]) -> None:
     base, new = sides
     for side in sides:
@@ -145,12 +194,21 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000, help="connects per storm")
     parser.add_argument("--inflight", type=int, default=100)
     parser.add_argument("--memory", type=int, default=0, help="idle sockets for an RSS round")
+    parser.add_argument("--fanout", type=int, default=0, help="compare fan-out at RATE/s")
+    parser.add_argument("--clients", type=int, default=1000, help="fan-out clients")
     args = parser.parse_args()
     exit_on_sigterm()
-    config = BenchConfig(runs=1, servers=("sockgate",), idle_steps=(max(args.count, args.memory),))
+    config = BenchConfig(
+        runs=1,
+        servers=("sockgate",),
+        idle_steps=(max(args.count, args.memory, args.clients),),
+    )
     with worktree(args.base) as base_root, bench_stack(config, print) as (stack, gen):
         sides = [Side("base", base_root), Side("working tree", ROOT)]
-        compare(args, stack, gen, sides)
+        if args.fanout:
+            compare_fanout(args, config, stack, gen, sides)
+        else:
+            compare(args, stack, gen, sides)
 
 
 if __name__ == "__main__":
