@@ -160,11 +160,13 @@ class Gateway:
         presence_store: RedisPresence | None = None
         quota_store: RedisQuota | None = None
         if self.redis is not None and self.liveness is not None:
+            gate = self.server.gate
             self.redis_batch = ScriptBatch(
                 self.redis,
                 timeout=settings.redis_op_timeout,
                 window=settings.redis_batch_window,
                 on_error=self.liveness.failed,
+                expected=lambda: gate.in_flight,  # handshakes in progress
             )
             presence_store = RedisPresence(
                 self.redis,

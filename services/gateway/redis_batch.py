@@ -8,7 +8,11 @@ are queued and go out as one non-transactional pipeline: one checkout, one write
 in order, each caller getting its own reply (or its own error) back.
 
 - The first call after a quiet moment waits ``GATEWAY_REDIS_BATCH_WINDOW`` (5 ms; 0 means the
-  rest of the event-loop pass) so the calls of a burst share its pipeline.
+  rest of the event-loop pass) so the calls of a burst share its pipeline. The wait ends early
+  once every caller that could still join is in (``expected``: the replica passes its count of
+  handshakes in progress): with few handshakes at a time, all of them soon wait on the batch,
+  no one else can join it before their replies are back, and waiting out the window would only
+  add its 5 ms to every handshake.
 - One pipeline is in flight at a time (one connection): calls made meanwhile form the next
   one, which goes out as soon as the reply is in. Under load, batches grow by themselves
   instead of opening connections; a close storm of 10,000 sockets is a handful of pipelines.
@@ -56,12 +60,15 @@ class ScriptBatch:
         timeout: float,
         window: float = 0.0,
         on_error: Callable[[str, BaseException], None] | None = None,
+        expected: Callable[[], int] | None = None,
     ) -> None:
         self._redis = redis
         self._timeout = timeout
         self._window = window
         self._on_error = on_error
+        self._expected = expected
         self._queue: list[_Call] = []
+        self._waiting = 0  # queued calls whose caller waits for the reply
         self._timer: asyncio.TimerHandle | None = None
         self._armed = False
         self._sender: asyncio.Task[None] | None = None
@@ -93,10 +100,12 @@ class ScriptBatch:
 
     def _add(self, call: _Call) -> None:
         self._queue.append(call)
+        if call.future is not None:
+            self._waiting += 1
         if self._sender is not None:
             return  # the batch in flight takes the queue along when it is done
-        if len(self._queue) >= MAX_BATCH:
-            self._fire()  # full: no reason to wait for the window
+        if len(self._queue) >= MAX_BATCH or self._all_in():
+            self._fire()  # full, or nobody else can join: no reason to wait for the window
             return
         if self._armed:
             return
@@ -106,6 +115,19 @@ class ScriptBatch:
             self._timer = loop.call_later(self._window, self._fire)
         else:
             loop.call_soon(self._fire)
+
+    def _all_in(self) -> bool:
+        """Whether every caller ``expected`` counts is already waiting in the queue."""
+        if self._expected is None or self._window <= 0:
+            return False
+        expected = self._expected()
+        return expected > 0 and self._waiting >= expected
+
+    def _take(self, count: int) -> list[_Call]:
+        """The oldest ``count`` queued calls, out of the queue."""
+        calls, self._queue = self._queue[:count], self._queue[count:]
+        self._waiting = sum(1 for call in self._queue if call.future is not None)
+        return calls
 
     def _fire(self) -> None:
         if self._timer is not None:
@@ -121,8 +143,7 @@ class ScriptBatch:
     async def _send_all(self) -> None:
         try:
             while self._queue:
-                calls, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                await self._send(calls)
+                await self._send(self._take(MAX_BATCH))
         finally:
             self._sender = None
 
@@ -140,8 +161,7 @@ class ScriptBatch:
         except BaseException as exc:
             self._fail(calls, exc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-                self._fail(self._queue, exc)  # shutting down: nothing more goes out
-                self._queue = []
+                self._fail(self._take(len(self._queue)), exc)  # shutting down: nothing more
                 raise
             return
         failed_ops: dict[str, BaseException] = {}

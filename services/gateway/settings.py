@@ -128,8 +128,9 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
         ge=0,
         le=0.05,
         description="Seconds the first per-user-limit Redis call after a quiet moment waits "
-        "for others to share its pipeline (0: the rest of the event-loop pass). Each round "
-        "trip wakes the replica; under a connection storm fewer, larger batches save CPU.",
+        "for others to share its pipeline (0: the rest of the event-loop pass), or less: once "
+        "every handshake in progress waits on it, it goes at once. Each round trip wakes the "
+        "replica; under a connection storm fewer, larger batches save CPU.",
     )
     revocation_retention: float = Field(
         86400.0,

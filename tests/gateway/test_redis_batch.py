@@ -188,3 +188,37 @@ async def test_a_burst_beyond_the_pool_waits_for_connections(redis_server: Redis
         await client.delete("pool-test")
         await client.aclose()
         await stock.aclose()
+
+
+async def test_the_window_ends_once_every_expected_caller_waits(redis: CountingRedis) -> None:
+    """With ``expected`` callers all queued, nobody else can join: the batch goes at once."""
+    in_progress = 3
+    batch = ScriptBatch(redis, timeout=5, window=30, expected=lambda: in_progress)
+    script = redis.register_script(_ECHO)
+
+    async def later(i: int) -> Any:
+        await asyncio.sleep(0.01 * i)  # separate loop passes
+        return await batch.run(script, [f"batch-test:{i}"], [str(i)])
+
+    async with asyncio.timeout(5):  # without the early end the window alone is 30 s
+        replies = await asyncio.gather(*(later(i) for i in range(3)))
+    assert [reply[1] for reply in replies] == ["0", "1", "2"]
+    assert redis.pipelines == 1  # the three waited for each other, then went together
+
+
+async def test_posted_calls_and_missing_callers_keep_the_window(redis: CountingRedis) -> None:
+    """Calls nobody waits for do not count, and fewer waiting callers than expected wait."""
+    batch = ScriptBatch(redis, timeout=5, window=0.3, expected=lambda: 2)
+    script = redis.register_script(_ECHO)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    batch.post(script, ["batch-test:1"], ["posted"], op="test")
+    assert await batch.run(script, ["batch-test:2"], ["waited"]) == ["batch-test:2", "waited"]
+    assert loop.time() - started >= 0.25  # one waiting caller of two expected: the window
+    assert redis.pipelines == 1
+    assert await redis.get("batch-test:1") == "1"  # the posted call went in the same batch
+
+    idle = ScriptBatch(redis, timeout=5, window=0.3, expected=lambda: 0)
+    started = loop.time()
+    await idle.run(script, ["batch-test:3"], ["no handshakes"])
+    assert loop.time() - started >= 0.25  # nothing in progress to wait for: the window
