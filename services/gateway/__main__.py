@@ -21,8 +21,12 @@ from types import FrameType
 import uvicorn
 
 from services.gateway.app import Gateway, create_app
+from services.gateway.protocols import (
+    GatewayHttpProtocol,
+    GatewayWebSocketProtocol,
+    quiet_websocket_logger,
+)
 from services.gateway.settings import GatewaySettings
-from services.gateway.websocket_protocol import GatewayWebSocketProtocol, quiet_websocket_logger
 from shared.logging import configure_logging
 
 log = logging.getLogger("services.gateway")
@@ -142,7 +146,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,
         ws=GatewayWebSocketProtocol if settings.ws == "websockets-sansio" else settings.ws,
         ws_per_message_deflate=False,
         ws_max_size=settings.max_frame_bytes,

@@ -59,7 +59,7 @@ from websockets.frames import Opcode as WsOpcode
 from websockets.protocol import State as WsState
 
 from services.gateway.limits import HandshakeGate
-from services.gateway.websocket_protocol import GatewayWebSocketProtocol
+from services.gateway.protocols import GatewayWebSocketProtocol
 
 log = logging.getLogger(__name__)
 

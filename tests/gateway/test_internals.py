@@ -8,14 +8,17 @@ request translation and event dispatch must give what python-engineio's own woul
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
+import weakref
 
 import engineio.packet
 import pytest
 import uvicorn
 from engineio.async_drivers import asgi as asgi_driver
 from socketio.base_manager import BaseManager
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -23,12 +26,13 @@ from websockets.server import ServerProtocol
 from services.gateway import server as server_module
 from services.gateway.fanout import LocalManager
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.server import Flag, PacketQueue
-from services.gateway.websocket_protocol import (
+from services.gateway.protocols import (
     WEBSOCKET_LOGGER,
+    GatewayHttpProtocol,
     GatewayWebSocketProtocol,
     quiet_websocket_logger,
 )
+from services.gateway.server import Flag, PacketQueue
 from shared.metrics import new_registry
 
 
@@ -343,3 +347,66 @@ def test_the_websocket_protocol_makes_no_per_socket_info_records(
     assert [r.getMessage() for r in caplog.records] == [
         "ASGI callable returned without completing handshake."
     ]
+
+
+class _Transport:
+    """Just enough of an asyncio transport for uvicorn's protocols to take a request."""
+
+    def __init__(self) -> None:
+        self.protocol: object = None
+        self.written = b""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        info = {"sockname": ("127.0.0.1", 8001), "peername": ("127.0.0.1", 50000)}
+        return info.get(name, default)
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("http", [GatewayHttpProtocol, HttpToolsProtocol])
+async def test_the_http_protocol_is_freed_once_a_websocket_takes_over(
+    http: type[HttpToolsProtocol],
+) -> None:
+    """After the upgrade the HTTP protocol is garbage; ours leaves no cycle for the GC."""
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        return None
+
+    config = uvicorn.Config(app, http=http, ws=GatewayWebSocketProtocol, log_config=None)
+    config.load()
+    transport = _Transport()
+    request = (
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:8001\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: c2l4dGVlbiBieXRlIGtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    gc.disable()
+    try:
+        protocol = http(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request)
+        assert isinstance(transport.protocol, GatewayWebSocketProtocol)
+        freed = weakref.ref(protocol)
+        del protocol
+        # uvicorn's own keeps a cycle (protocol <-> parser) that only the cyclic GC frees
+        assert (freed() is None) is (http is GatewayHttpProtocol)
+    finally:
+        gc.enable()
+    await asyncio.sleep(0.05)  # the websocket's ASGI task ends (the app never accepts)
+    assert transport.written.startswith(b"HTTP/1.1 500 ")
