@@ -34,11 +34,12 @@ ALGORITHM = "RS256"
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud")
 
-_SEGMENT = r"[A-Za-z0-9_-]+"
+_B64URL = r"[A-Za-z0-9_-]"  # one character of the base64url alphabet
+_SEGMENT = rf"{_B64URL}+"
 _JWS_SHAPE = re.compile(rf"^{_SEGMENT}\.{_SEGMENT}\.{_SEGMENT}\Z")
-_KID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+_KID_SHAPE = re.compile(rf"^{_B64URL}{{1,128}}\Z")
 _MAX_HEADER_BYTES = 1024
-_B64URL_ALPHABET_ONLY = re.compile(rb"[A-Za-z0-9_-]*")
+_B64URL_ALPHABET_ONLY = re.compile(rf"{_B64URL}*".encode())
 
 
 class TokenError(Exception):
