@@ -121,7 +121,7 @@ def compare(args: argparse.Namespace, stack: Stack, gen: LoadGenerator, sides: l
                 side.rounds.append(storm(side, gen, group, args.count, args.inflight))
                 close(side, gen, group)
         if args.rounds:
-            report(sides)
+            report(sides, _CONNECT_FIGURES, "cpu_ms", "CPU per connect")
     finally:
         for side in sides:
             if side.proc is not None:
@@ -141,22 +141,7 @@ def compare_fanout(
         for side in sides if index % 2 == 0 else sides[::-1]:
             (point,) = bench_fanout("sockgate", stack, gen, step, lambda line: None, root=side.root)
             side.rounds.append(_fanout_figures(point))
-    base, new = sides
-    for side in sides:
-        rows = side.rounds
-        print(
-            f"{side.name}: deliveries/s {[round(r['deliveries_per_s']) for r in rows]}, "
-            f"p99 ms {[r['p99_ms'] for r in rows]}, "
-            f"CPU-µs per delivery {[round(r['cpu_us'], 2) for r in rows]}"
-        )
-        print(
-            f"{side.name} medians: {statistics.median(r['deliveries_per_s'] for r in rows):,.0f}"
-            f" deliveries/s, p99 {statistics.median(r['p99_ms'] for r in rows):.1f} ms,"
-            f" {statistics.median(r['cpu_us'] for r in rows):.2f} CPU-µs per delivery"
-        )
-    ratios = [n["cpu_us"] / b["cpu_us"] for b, n in zip(base.rounds, new.rounds, strict=True)]
-    print(f"CPU per delivery, {new.name} / {base.name}, per round: {[round(r, 3) for r in ratios]}")
-    print(f"median ratio: {statistics.median(ratios):.3f}")
+    report(sides, _FANOUT_FIGURES, "cpu_us", "CPU per delivery")
 
 
 def _fanout_figures(point: dict[str, Any]) -> dict[str, float]:
@@ -168,22 +153,40 @@ def _fanout_figures(point: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def report(sides: list[Side]) -> None:
+# What a round's figures hold: (key, label, decimals), as printed per round and as medians.
+Figures = tuple[tuple[str, str, int], ...]
+_CONNECT_FIGURES: Figures = (
+    ("connects_per_s", "connects/s", 0),
+    ("p99_ms", "p99 ms", 1),
+    ("cpu_ms", "CPU-ms per connect", 3),
+)
+_FANOUT_FIGURES: Figures = (
+    ("deliveries_per_s", "deliveries/s", 0),
+    ("p99_ms", "p99 ms", 1),
+    ("cpu_us", "CPU-µs per delivery", 2),
+)
+
+
+def report(sides: list[Side], figures: Figures, cost: str, cost_label: str) -> None:
+    """Each side's rounds and medians, then the per-round ratios of ``cost`` (new ÷ base)."""
     base, new = sides
     for side in sides:
         rows = side.rounds
-        print(
-            f"{side.name}: connects/s {[round(r['connects_per_s']) for r in rows]}, "
-            f"CPU-ms per connect {[round(r['cpu_ms'], 3) for r in rows]}, "
-            f"not connected {sum(r['not_connected'] for r in rows):.0f}"
+        per_round = ", ".join(
+            f"{label} {[round(r[key], digits or None) for r in rows]}"
+            for key, label, digits in figures
         )
-        print(
-            f"{side.name} medians: {statistics.median(r['connects_per_s'] for r in rows):,.0f}"
-            f" connects/s, p99 {statistics.median(r['p99_ms'] for r in rows):.1f} ms,"
-            f" {statistics.median(r['cpu_ms'] for r in rows):.3f} CPU-ms per connect"
+        medians = ", ".join(
+            f"{label} {statistics.median(r[key] for r in rows):,.{digits}f}"
+            for key, label, digits in figures
         )
-    ratios = [n["cpu_ms"] / b["cpu_ms"] for b, n in zip(base.rounds, new.rounds, strict=True)]
-    print(f"CPU per connect, {new.name} / {base.name}, per round: {[round(r, 3) for r in ratios]}")
+        print(f"{side.name}: {per_round}")
+        print(f"{side.name} medians: {medians}")
+        lost = sum(r.get("not_connected", 0) for r in rows)
+        if lost:
+            print(f"{side.name}: {lost:.0f} sockets did not connect")
+    ratios = [n[cost] / b[cost] for b, n in zip(base.rounds, new.rounds, strict=True)]
+    print(f"{cost_label}, {new.name} / {base.name}, per round: {[round(r, 3) for r in ratios]}")
     print(f"median ratio: {statistics.median(ratios):.3f}")
 
 
