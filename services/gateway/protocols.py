@@ -15,6 +15,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 # Where the gateway's websocket protocol logs; ``quiet_websocket_logger`` sets it to WARNING.
 WEBSOCKET_LOGGER = "uvicorn.error.websocket"
+_websocket_log = logging.getLogger(WEBSOCKET_LOGGER)
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -48,9 +49,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        logger = logging.getLogger(WEBSOCKET_LOGGER)
-        self.logger = logger
-        self.conn.logger = logger
+        self.logger = self.conn.logger = _websocket_log
 
     def accept_held(self) -> bool:
         """uvicorn's ``websocket.accept`` (no extra headers, no subprotocol), not yet written.
@@ -84,7 +83,6 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
 def quiet_websocket_logger(*filters: logging.Filter) -> None:
     """Sets ``uvicorn.error.websocket`` to WARNING, with ``filters`` on its records."""
-    logger = logging.getLogger(WEBSOCKET_LOGGER)
-    logger.setLevel(logging.WARNING)
+    _websocket_log.setLevel(logging.WARNING)
     for record_filter in filters:
-        logger.addFilter(record_filter)
+        _websocket_log.addFilter(record_filter)
