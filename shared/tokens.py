@@ -140,11 +140,27 @@ class _SegmentCheckingJWS(PyJWS):
 
 
 class _PyJWT(jwt.PyJWT):
-    """PyJWT with ``_SegmentCheckingJWS`` underneath; options and checks are PyJWT's own."""
+    """PyJWT with ``_SegmentCheckingJWS`` underneath and the payload parsed by orjson.
+
+    Options and checks are PyJWT's own. ``_decode_payload`` is PyJWT's documented hook for
+    decoding the payload another way: the standard library's ``json`` first sniffs the
+    encoding of the bytes, then decodes in Python (~2.2 µs for an access token's payload,
+    orjson ~0.45). orjson refuses ``NaN`` and lone surrogates (the token is then refused, as
+    any payload that is not a JSON object is) and reads integers beyond 64 bits as floats.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._jws = _SegmentCheckingJWS(options=self._get_sig_options())
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(decoded["payload"])
+        except orjson.JSONDecodeError as exc:
+            raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("Invalid payload string: must be a json object")
+        return payload
 
 
 class TokenVerifier:

@@ -41,6 +41,7 @@ from shared.tokens import (
     TokenInvalid,
     TokenMissing,
     TokenVerifier,
+    _PyJWT,
     _SegmentCheckingJWS,
 )
 from tests.support.jwks_server import JwksServer
@@ -959,3 +960,32 @@ async def test_the_verifier_decodes_through_the_regex_segment_check(rig: Rig, ke
     header, payload, signature = token(keys.signer).split(".")
     assert (await rig.verifier.verify(f"{header}.{payload}.{signature}")).sub
     await rig.refuse(f"{header}.{payload}.{signature[:-1]}")  # a length of 4k+1
+
+
+def test_the_payload_is_parsed_as_pyjwt_parses_it_or_refused() -> None:
+    """orjson reads a payload as PyJWT's ``json`` does; what it alone refuses stays refused."""
+
+    def outcome(decoder: jwt.PyJWT, payload: bytes) -> tuple[str, Any]:
+        try:
+            return "decoded", decoder._decode_payload({"payload": payload})
+        except jwt.DecodeError:
+            return "refused", None
+
+    same = [
+        b'{"sub": "u1", "rooms": ["a", "b"], "exp": 1900000000, "name": "caf\\u00e9"}',
+        b'{"a": 1, "a": 2}',
+        b'{"nested": {"x": [1.5, null, true]}}',
+        b"[]",
+        b'"a string"',
+        b"{",
+        b"",
+        b"\xff",
+    ]
+    for payload in same:
+        assert outcome(_PyJWT(), payload) == outcome(jwt.PyJWT(), payload), payload
+    assert outcome(_PyJWT(), same[0])[0] == "decoded"
+    for stricter in (b'{"exp": NaN}', b'{"s": "\\ud800"}'):
+        assert outcome(jwt.PyJWT(), stricter)[0] == "decoded"
+        assert outcome(_PyJWT(), stricter) == ("refused", None), stricter
+    huge = b'{"exp": 1' + b"0" * 30 + b"}"  # beyond 64 bits: a float, as large
+    assert outcome(_PyJWT(), huge) == ("decoded", {"exp": 1e30})
