@@ -11,7 +11,10 @@ import asyncio
 import gc
 import logging
 import random
+import re
 import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import engineio.packet
 import pytest
@@ -20,6 +23,8 @@ from engineio.async_drivers import asgi as asgi_driver
 from socketio.base_manager import BaseManager
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+from websockets import http11
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -410,3 +415,112 @@ async def test_the_http_protocol_is_freed_once_a_websocket_takes_over(
         gc.enable()
     await asyncio.sleep(0.05)  # the websocket's ASGI task ends (the app never accepts)
     assert transport.written.startswith(b"HTTP/1.1 500 ")
+
+
+_UPGRADE_LINE = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+_UPGRADE_HEADERS = (
+    b"Host: 127.0.0.1:8001\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+)
+_KEY = b"Sec-WebSocket-Key: c2l4dGVlbiBieXRlIGtleQ==\r\n"
+_HANDSHAKES = {  # name: (request without its final CRLF, handed over as parsed)
+    "plain": (_UPGRADE_LINE + _UPGRADE_HEADERS + _KEY, True),
+    "more headers": (
+        _UPGRADE_LINE
+        + _UPGRADE_HEADERS
+        + _KEY
+        + b"Authorization: Bearer a.b.c\r\nOrigin: http://x\r\nCookie: a=b; c=d\r\n"
+        + b"Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Protocol: other\r\n",
+        True,
+    ),
+    "latin-1 value": (_UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"X-Name: caf\xe9\r\n", True),
+    "padded value": (_UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"X-Pad: \t a b \t \r\n", True),
+    "empty body": (_UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"Content-Length: 0\r\n", True),
+    "128 headers": (
+        _UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"".join(b"X-%d: v\r\n" % i for i in range(123)),
+        True,
+    ),
+    "HTTP/1.0": (_UPGRADE_LINE.replace(b"1.1", b"1.0") + _UPGRADE_HEADERS + _KEY, True),
+    "no key": (_UPGRADE_LINE + _UPGRADE_HEADERS, True),  # websockets' 400, from the same request
+    "old version": (_UPGRADE_LINE + _UPGRADE_HEADERS.replace(b"13", b"8") + _KEY, True),
+    # what websockets' parser refuses takes uvicorn's path
+    "a body": (_UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"Content-Length: 3\r\n", False),
+    "chunked": (_UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"Transfer-Encoding: chunked\r\n", False),
+    "129 headers": (
+        _UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"".join(b"X-%d: v\r\n" % i for i in range(124)),
+        False,
+    ),
+    "a long line": (
+        _UPGRADE_LINE + _UPGRADE_HEADERS + _KEY + b"X-L: " + b"a" * 9000 + b"\r\n",
+        False,
+    ),
+    "POST": (_UPGRADE_LINE.replace(b"GET", b"POST") + _UPGRADE_HEADERS + _KEY, False),
+}
+
+
+async def _echo_app(scope: Any, receive: Any, send: Any) -> None:
+    """Accepts a websocket and sends back, as text, the first message it receives."""
+    if scope["type"] != "websocket":
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    message = await receive()
+    if message["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": f"echo {message.get('text')}"})
+
+
+@pytest.fixture
+def websockets_header_reads() -> Iterator[list[None]]:
+    """One entry each time websockets' HTTP parser reads a request's headers."""
+    reads: list[None] = []
+    parse_headers = http11.parse_headers
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(None)
+        return (yield from parse_headers(*args, **kwargs))
+
+    http11.parse_headers = counted
+    try:
+        yield reads
+    finally:
+        http11.parse_headers = parse_headers
+
+
+async def _handshake(http: type[HttpToolsProtocol], request: bytes) -> tuple[bytes, Any]:
+    """What a client sending ``request`` then one text frame gets, and the websocket's state."""
+    config = uvicorn.Config(_echo_app, http=http, ws=GatewayWebSocketProtocol, log_config=None)
+    config.load()
+    transport = _Transport()
+    protocol = http(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(request + b"\r\n")
+    await asyncio.sleep(0.01)
+    websocket = transport.protocol
+    state = None
+    if isinstance(websocket, GatewayWebSocketProtocol):
+        if websocket.conn.state is State.OPEN:
+            websocket.data_received(Frame(Opcode.TEXT, b"hi").serialize(mask=True))
+            await asyncio.sleep(0.01)
+        scope = getattr(websocket, "scope", {})
+        state = (
+            websocket.conn.state,
+            type(websocket.conn.handshake_exc),
+            {key: value for key, value in scope.items() if key != "state"},
+        )
+    return re.sub(rb"Date: [^\r]*\r\n", b"", transport.written), state
+
+
+@pytest.mark.parametrize("name", list(_HANDSHAKES))
+async def test_an_upgrade_is_handed_over_parsed_with_the_outcome_of_uvicorns_path(
+    name: str, websockets_header_reads: list[None]
+) -> None:
+    """The handshake's answer, scope and state are the same as when websockets re-reads it."""
+    request, handed_over = _HANDSHAKES[name]
+    stock = await _handshake(HttpToolsProtocol, request)
+    assert len(websockets_header_reads) == 1
+    ours = await _handshake(GatewayHttpProtocol, request)
+    assert ours == stock
+    assert len(websockets_header_reads) == (1 if handed_over else 2)
+    if name == "plain":  # the handed-over websocket reads frames afterwards
+        assert ours[0].startswith(b"HTTP/1.1 101 ")
+        assert Frame(Opcode.TEXT, b"echo hi").serialize(mask=False) in ours[0]
