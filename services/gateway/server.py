@@ -337,9 +337,10 @@ def _trim_handshake_state(proto: WebSocketsSansIOProtocol) -> None:
     """Frees what an accepted uvicorn sans-I/O websocket keeps only for its handshake.
 
     - The parsed upgrade request and the 101 response (uvicorn reads them only while
-      accepting): dropped. websockets' parser also keeps the request in its generator's
-      frame for the socket's life, so its header multidict (~1.5 KB, the ASGI scope has its
-      own copy) is emptied too.
+      accepting): dropped. When websockets' parser read the request (uvicorn's path, see
+      ``protocols.GatewayHttpProtocol``) it also keeps it in its generator's frame for the
+      socket's life, so its header multidict (~1.5 KB, the ASGI scope has its own copy) is
+      emptied too.
     - The receive queue, an ``asyncio.Queue`` (four deques, ~2.5 KB), becomes a
       ``PacketQueue``, which has the three methods uvicorn uses (``put_nowait``, ``get``,
       ``empty``). Only the ASGI app's task reads it and it is not waiting here: whatever is
