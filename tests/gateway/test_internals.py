@@ -396,11 +396,7 @@ async def test_the_http_protocol_is_freed_once_a_websocket_takes_over(
     config = uvicorn.Config(app, http=http, ws=GatewayWebSocketProtocol, log_config=None)
     config.load()
     transport = _Transport()
-    request = (
-        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:8001\r\n"
-        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: c2l4dGVlbiBieXRlIGtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    request = _HANDSHAKES["plain"][0] + b"\r\n"
     gc.disable()
     try:
         protocol = http(config, ServerState(), {}, _loop=asyncio.get_running_loop())
