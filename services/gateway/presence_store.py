@@ -31,7 +31,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.gateway.liveness import LUA_PRELUDE, REPLICAS_KEY, Liveness, replica_key
-from services.gateway.redis_batch import ScriptBatch
+from services.gateway.redis_batch import BatchScript, ScriptBatch
 
 KEY_PREFIX = "sockgate:presence:"
 
@@ -201,7 +201,7 @@ class RedisPresence:
         self._liveness = liveness
         self._batch = batch
         self._max_members = max_members
-        self._change = redis.register_script(LUA_PRELUDE + _ENTRY + _CHANGE)
+        self._change = BatchScript(redis, _CHANGE, prelude=LUA_PRELUDE + _ENTRY)
         self._who = redis.register_script(LUA_PRELUDE + _ENTRY + _WHO)
         self._reap = redis.register_script(LUA_PRELUDE + _ENTRY + _REAP)
         self._resync = redis.register_script(LUA_PRELUDE + _ENTRY + _RESYNC)

@@ -32,7 +32,7 @@ from services.gateway.liveness import (
     Liveness,
     replica_key,
 )
-from services.gateway.redis_batch import ScriptBatch
+from services.gateway.redis_batch import BatchScript, ScriptBatch
 
 KEY_PREFIX = "sockgate:conns:"
 _BATCH = 500
@@ -94,8 +94,8 @@ class RedisQuota:
         self._redis = redis
         self._liveness = liveness
         self._batch = batch
-        self._admit = redis.register_script(LUA_PRELUDE + _ADMIT)
-        self._set = redis.register_script(_SET)
+        self._admit = BatchScript(redis, _ADMIT, prelude=LUA_PRELUDE)
+        self._set = BatchScript(redis, _SET)
         self._reap = redis.register_script(LUA_PRELUDE + _REAP)
 
     @property
@@ -133,7 +133,8 @@ class RedisQuota:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sub in subs[start : start + _BATCH]:
                     args: list[str | int] = [self._me, sub, local.get(sub, 0), "set"]
-                    await self._set(keys=[user_key(sub), self._users()], args=args, client=pipe)
+                    keys = [user_key(sub), self._users()]
+                    await self._set.single(keys=keys, args=args, client=pipe)
                 await pipe.execute()
 
     async def reap(self, replica: str) -> None:

@@ -19,9 +19,16 @@ in order, each caller getting its own reply (or its own error) back.
 - ``run`` waits for the reply; ``post`` does not (a disconnect needs no answer) and its
   failures are reported once per batch to ``on_error``, not once per call.
 
-Each script still runs atomically on its own. A connection error or timeout fails every call
-of its batch, a script error only its own call, and ``NOSCRIPT`` (a restarted or flushed
-Redis) loads the script and sends the affected calls once more.
+- Calls of one script next to each other in a batch go out as one ``EVALSHA`` of the script's
+  grouped form (``BatchScript``), which runs the script's body once per call, in order, with
+  each call's own ``KEYS`` and ``ARGV``: redis-py packs one command and parses one reply
+  instead of one per call (~19 → ~11 µs of the replica's CPU per call in a batch of 100),
+  and Redis starts one script instead of many.
+
+Each call still runs atomically (a group runs atomically as a whole). A connection error or
+timeout fails every call of its batch, a script error only its own call (the grouped form
+catches it per call), and ``NOSCRIPT`` (a restarted or flushed Redis) loads the script and
+sends the affected calls once more.
 """
 
 from __future__ import annotations
@@ -35,15 +42,56 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 # The most calls in one pipeline (bounds one write and one reply buffer).
 MAX_BATCH = 1024
 
+# The grouped form of a script: ARGV starts with the number of calls and each call's key and
+# argument counts; then come the calls' KEYS back to back, and their ARGV. A call that fails
+# (an error reply or a Lua error) fails alone; a call that returns nil leaves a nil reply
+# (false), not a hole that would end the array.
+_GROUPED = """
+local function call_one(KEYS, ARGV)
+{body}
+end
+local calls, key_count, arg_count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local replies = {{}}
+for call = 0, calls - 1 do
+  local keys, args = {{}}, {{}}
+  for i = 1, key_count do keys[i] = KEYS[call * key_count + i] end
+  for i = 1, arg_count do args[i] = ARGV[3 + call * arg_count + i] end
+  local ok, reply = pcall(call_one, keys, args)
+  if not ok and type(reply) ~= 'table' then reply = redis.error_reply(tostring(reply)) end
+  if reply == nil then reply = false end
+  replies[call + 1] = reply
+end
+return replies
+"""
+
+
+class BatchScript:
+    """A Lua script for ``ScriptBatch``: run alone (``single``) or many calls at once.
+
+    ``body`` is the script proper, run once per call with the call's ``KEYS`` and ``ARGV``;
+    ``prelude`` (local helper functions and their state) is defined once per ``EVALSHA``, so a
+    group's calls share it: the liveness cache of ``liveness.LUA_PRELUDE`` answers a whole
+    group from one look at each replica's deadline, as if its calls ran in the same instant.
+    ``single`` is an ordinary redis-py script, for calls outside a batch.
+    """
+
+    def __init__(self, redis: Redis, body: str, *, prelude: str = "") -> None:
+        self.single: AsyncScript = redis.register_script(prelude + body)
+        self.grouped: AsyncScript = redis.register_script(prelude + _GROUPED.format(body=body))
+
+    def scripts(self) -> tuple[AsyncScript, AsyncScript]:
+        """Both forms, for loading them into Redis."""
+        return self.single, self.grouped
+
 
 @dataclass(slots=True)
 class _Call:
-    script: AsyncScript
+    script: BatchScript
     args: tuple[Any, ...]
     key_count: int
     future: asyncio.Future[Any] | None  # None: posted, nobody waits for the reply
@@ -73,13 +121,13 @@ class ScriptBatch:
         self._armed = False
         self._sender: asyncio.Task[None] | None = None
 
-    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def run(self, script: BatchScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``script(keys, args)``'s reply, sent in the next batch."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._add(_Call(script, (*keys, *args), len(keys), future, ""))
         return await future
 
-    def post(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], op: str) -> None:
+    def post(self, script: BatchScript, keys: Sequence[str], args: Sequence[Any], op: str) -> None:
         """Sends ``script(keys, args)`` in the next batch without waiting for it.
 
         If the batch fails, ``on_error(op, exc)`` is called once for the ``op`` of its posted
@@ -153,8 +201,9 @@ class ScriptBatch:
                 replies = await self._pipeline(calls)
                 missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
                 if missing:
-                    for script in {calls[i].script for i in missing}:
-                        script.sha = await self._redis.script_load(script.script)
+                    for batch_script in {calls[i].script for i in missing}:
+                        for script in batch_script.scripts():
+                            script.sha = await self._redis.script_load(script.script)
                     again = await self._pipeline([calls[i] for i in missing])
                     for i, reply in zip(missing, again, strict=True):
                         replies[i] = reply
@@ -194,13 +243,46 @@ class ScriptBatch:
             self._on_error(op, exc)
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        """Each call's reply (or error), one ``EVALSHA`` per group of calls (``_groups``)."""
+        groups = _groups(calls)
         # EVALSHA directly: a pipeline that knows about scripts checks SCRIPT EXISTS first,
         # one more round trip per batch; NOSCRIPT is handled by the caller instead.
         async with self._redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, call.key_count, *call.args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            for group in groups:
+                first = group[0]
+                if len(group) == 1:
+                    pipe.evalsha(first.script.single.sha, first.key_count, *first.args)
+                    continue
+                key_count = first.key_count
+                keys = [key for call in group for key in call.args[:key_count]]
+                args = [arg for call in group for arg in call.args[key_count:]]
+                counts = (len(group), key_count, len(first.args) - key_count)
+                pipe.evalsha(first.script.grouped.sha, len(keys), *keys, *counts, *args)
+            grouped: list[Any] = await pipe.execute(raise_on_error=False)
+        replies: list[Any] = []
+        for group, reply in zip(groups, grouped, strict=True):
+            if len(group) == 1:
+                replies.append(reply)
+            elif isinstance(reply, list) and len(reply) == len(group):
+                replies.extend(reply)
+            else:  # the group failed as a whole (NOSCRIPT, a connection error): each call did
+                error = reply if isinstance(reply, Exception) else ResponseError("bad reply")
+                replies.extend(_copy(error) for _ in group)
         return replies
+
+
+def _groups(calls: list[_Call]) -> list[list[_Call]]:
+    """``calls`` in order, cut into runs of calls of one script with the same counts."""
+    groups: list[list[_Call]] = []
+    for call in calls:
+        if groups:
+            last = groups[-1][0]
+            same = last.script is call.script and last.key_count == call.key_count
+            if same and len(last.args) == len(call.args):
+                groups[-1].append(call)
+                continue
+        groups.append([call])
+    return groups
 
 
 def _copy(exc: BaseException) -> BaseException:

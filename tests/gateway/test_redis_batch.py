@@ -4,6 +4,7 @@ each caller its own reply) and the bounded pool callers wait on."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,15 +13,19 @@ from redis.asyncio import Redis
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 from services.gateway.app import redis_client
-from services.gateway.redis_batch import MAX_BATCH, ScriptBatch
+from services.gateway.redis_batch import MAX_BATCH, BatchScript, ScriptBatch
 from services.gateway.settings import GatewaySettings
 from tests.support.processes import RedisServer, free_port
 
 _ECHO = """
 if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. KEYS[1]) end
+if ARGV[1] == 'raise' then error('raised ' .. KEYS[1]) end
+if ARGV[1] == 'wrong' then redis.call('INCRBY', KEYS[1], 'not a number') end
+if ARGV[1] == 'nothing' then return nil end
 redis.call('INCR', KEYS[1])
 return {KEYS[1], ARGV[1]}
 """
+_COUNT = "return redis.call('INCR', KEYS[1])"
 
 
 class CountingRedis(Redis):
@@ -37,7 +42,8 @@ class CountingRedis(Redis):
 async def redis(redis_server: RedisServer) -> AsyncIterator[CountingRedis]:
     client = CountingRedis.from_url(redis_server.url, decode_responses=True)
     await client.delete(*[f"batch-test:{i}" for i in range(600)])
-    await client.script_load(_ECHO)  # loaded, so pipelines are counted without the reload
+    for script in BatchScript(client, _ECHO).scripts():
+        await client.script_load(script.script)  # so pipelines are counted without the reload
     yield client
     await client.delete(*[f"batch-test:{i}" for i in range(600)])
     await client.aclose()
@@ -45,7 +51,7 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[CountingRedis]:
 
 async def test_calls_of_one_loop_pass_share_one_pipeline(redis: CountingRedis) -> None:
     batch = ScriptBatch(redis, timeout=5)
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
     replies = await asyncio.gather(
         *(batch.run(script, [f"batch-test:{i}"], [f"v{i}"]) for i in range(50))
     )
@@ -60,7 +66,7 @@ async def test_calls_of_one_loop_pass_share_one_pipeline(redis: CountingRedis) -
 
 async def test_calls_within_the_window_share_one_pipeline(redis: CountingRedis) -> None:
     batch = ScriptBatch(redis, timeout=5, window=0.05)
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
 
     async def later(i: int) -> Any:
         await asyncio.sleep(0.002 * i)  # separate loop passes, all within the window
@@ -73,7 +79,7 @@ async def test_calls_within_the_window_share_one_pipeline(redis: CountingRedis) 
 
 async def test_a_full_batch_goes_out_at_once(redis: CountingRedis) -> None:
     batch = ScriptBatch(redis, timeout=5, window=30)  # only a full batch can end the wait
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
     async with asyncio.timeout(5):
         replies = await asyncio.gather(
             *(batch.run(script, [f"batch-test:{i}"], [str(i)]) for i in range(MAX_BATCH))
@@ -85,7 +91,7 @@ async def test_a_full_batch_goes_out_at_once(redis: CountingRedis) -> None:
 async def test_one_pipeline_in_flight_the_rest_waits_for_it(redis: CountingRedis) -> None:
     """Calls made while a batch is out form the next batch, sent when its reply is in."""
     batch = ScriptBatch(redis, timeout=5)
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
     first = asyncio.ensure_future(batch.run(script, ["batch-test:1"], ["first"]))
     async with asyncio.timeout(5):
         while redis.pipelines == 0:  # until the first batch is out (its reply not yet read)
@@ -102,7 +108,7 @@ async def test_one_pipeline_in_flight_the_rest_waits_for_it(redis: CountingRedis
 async def test_posted_calls_run_and_report_failures_once_per_batch(redis: CountingRedis) -> None:
     errors: list[tuple[str, str]] = []
     batch = ScriptBatch(redis, timeout=5, on_error=lambda op, exc: errors.append((op, str(exc))))
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
     for i in range(10):
         batch.post(script, [f"batch-test:{i}"], ["ok"], op="release")
     for i in range(3):
@@ -113,24 +119,62 @@ async def test_posted_calls_run_and_report_failures_once_per_batch(redis: Counti
     assert "refused batch-test:0" in errors[0][1]
 
 
+_OUTCOMES = ("ok", "bad", "raise", "wrong", "nothing", "ok")
+
+
+def _outcome(reply: object) -> object:
+    """A reply, or its error's type and the part of its text the script wrote."""
+    if isinstance(reply, Exception):
+        written = re.search(r"(refused|raised) batch-test:\d|not an integer", str(reply))
+        return type(reply), written[0] if written else str(reply)
+    return reply
+
+
 async def test_a_script_error_fails_only_its_own_caller(redis: CountingRedis) -> None:
+    """Alone or in a group of calls of one script: the same reply or error for each call."""
     batch = ScriptBatch(redis, timeout=5)
-    script = redis.register_script(_ECHO)
-    results = await asyncio.gather(
-        batch.run(script, ["batch-test:1"], ["ok"]),
-        batch.run(script, ["batch-test:2"], ["bad"]),
-        batch.run(script, ["batch-test:3"], ["ok"]),
+    script = BatchScript(redis, _ECHO)
+    await redis.set("batch-test:3", "text")  # INCRBY on it fails
+    alone = [  # one call per batch: the script's plain EVALSHA
+        await asyncio.gather(batch.run(script, [f"batch-test:{i}"], [arg]), return_exceptions=True)
+        for i, arg in enumerate(_OUTCOMES)
+    ]
+    together = await asyncio.gather(  # one batch: one EVALSHA of the grouped form
+        *(batch.run(script, [f"batch-test:{i}"], [arg]) for i, arg in enumerate(_OUTCOMES)),
         return_exceptions=True,
     )
-    assert results[0] == ["batch-test:1", "ok"]
-    assert isinstance(results[1], ResponseError)
-    assert "refused batch-test:2" in str(results[1])
-    assert results[2] == ["batch-test:3", "ok"]
+    assert [_outcome(reply) for (reply,) in alone] == [_outcome(r) for r in together]
+    assert [_outcome(r) for r in together] == [
+        ["batch-test:0", "ok"],
+        (ResponseError, "refused batch-test:1"),
+        (ResponseError, "raised batch-test:2"),
+        (ResponseError, "not an integer"),
+        None,
+        ["batch-test:5", "ok"],
+    ]
+    assert await redis.mget("batch-test:0", "batch-test:1", "batch-test:5") == ["2", None, "2"]
+
+
+async def test_calls_of_one_script_in_a_row_go_out_as_one_command(redis: CountingRedis) -> None:
+    """Five calls of one script, one of another, two of the first: three EVALSHA, in order."""
+    batch = ScriptBatch(redis, timeout=5)
+    count, echo = BatchScript(redis, _COUNT), BatchScript(redis, _ECHO)
+    for script in (*count.scripts(), *echo.scripts()):
+        await redis.script_load(script.script)
+    await redis.config_resetstat()
+    calls = [batch.run(count, ["batch-test:0"], []) for _ in range(5)]
+    calls.append(batch.run(echo, ["batch-test:0"], ["echo"]))
+    calls.extend(batch.run(count, ["batch-test:0"], []) for _ in range(2))
+    replies = await asyncio.gather(*calls)
+    assert replies == [1, 2, 3, 4, 5, ["batch-test:0", "echo"], 7, 8]
+    assert redis.pipelines == 1
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 3
 
 
 async def test_scripts_are_loaded_again_after_a_flush(redis: CountingRedis) -> None:
     batch = ScriptBatch(redis, timeout=5)
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
     assert await batch.run(script, ["batch-test:1"], ["first"]) == ["batch-test:1", "first"]
     await redis.script_flush()
     replies = await asyncio.gather(
@@ -145,7 +189,7 @@ async def test_an_unreachable_server_fails_every_caller_in_time() -> None:
     client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     errors: list[str] = []
     batch = ScriptBatch(client, timeout=2, on_error=lambda op, exc: errors.append(op))
-    script = client.register_script(_ECHO)
+    script = BatchScript(client, _ECHO)
     try:
         async with asyncio.timeout(5):
             batch.post(script, ["batch-test:0"], ["x"], op="release")
@@ -162,7 +206,7 @@ async def test_an_unreachable_server_fails_every_caller_in_time() -> None:
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(redis: CountingRedis) -> None:
     batch = ScriptBatch(redis, timeout=5)
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
     impatient = asyncio.ensure_future(batch.run(script, ["batch-test:1"], ["gone"]))
     patient = asyncio.ensure_future(batch.run(script, ["batch-test:2"], ["here"]))
     await asyncio.sleep(0)
@@ -194,7 +238,7 @@ async def test_the_window_ends_once_every_expected_caller_waits(redis: CountingR
     """With ``expected`` callers all queued, nobody else can join: the batch goes at once."""
     in_progress = 3
     batch = ScriptBatch(redis, timeout=5, window=30, expected=lambda: in_progress)
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
 
     async def later(i: int) -> Any:
         await asyncio.sleep(0.01 * i)  # separate loop passes
@@ -209,7 +253,7 @@ async def test_the_window_ends_once_every_expected_caller_waits(redis: CountingR
 async def test_posted_calls_and_missing_callers_keep_the_window(redis: CountingRedis) -> None:
     """Calls nobody waits for do not count, and fewer waiting callers than expected wait."""
     batch = ScriptBatch(redis, timeout=5, window=0.3, expected=lambda: 2)
-    script = redis.register_script(_ECHO)
+    script = BatchScript(redis, _ECHO)
     loop = asyncio.get_running_loop()
     started = loop.time()
     batch.post(script, ["batch-test:1"], ["posted"], op="test")
