@@ -25,10 +25,11 @@ in order, each caller getting its own reply (or its own error) back.
   instead of one per call (~19 → ~11 µs of the replica's CPU per call in a batch of 100),
   and Redis starts one script instead of many.
 
-Each call still runs atomically (a group runs atomically as a whole). A connection error or
-timeout fails every call of its batch, a script error only its own call (the grouped form
-catches it per call), and ``NOSCRIPT`` (a restarted or flushed Redis) loads the script and
-sends the affected calls once more.
+Each call still runs atomically, and a group as a whole: a full batch of 1,024 admits holds
+Redis for ~4 ms in one piece, where their separate scripts took ~3.7 ms with other clients'
+commands let in between. A connection error or timeout fails every call of its batch, a script
+error only its own call (the grouped form catches it per call), and ``NOSCRIPT`` (a restarted
+or flushed Redis) loads the script and sends the affected calls once more.
 """
 
 from __future__ import annotations
