@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 from services.gateway.app import redis_client
-from services.gateway.redis_batch import MAX_BATCH, BatchScript, ScriptBatch
+from services.gateway.redis_batch import MAX_BATCH, MAX_GROUP, BatchScript, ScriptBatch
 from services.gateway.settings import GatewaySettings
 from tests.support.processes import RedisServer, free_port
 
@@ -168,6 +168,15 @@ async def test_calls_of_one_script_in_a_row_go_out_as_one_command(redis: Countin
     replies = await asyncio.gather(*calls)
     assert replies == [1, 2, 3, 4, 5, ["batch-test:0", "echo"], 7, 8]
     assert redis.pipelines == 1
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 3
+
+    # A long run is cut every MAX_GROUP calls, so no one script holds Redis for long.
+    await redis.config_resetstat()
+    replies = await asyncio.gather(
+        *(batch.run(count, ["batch-test:1"], []) for _ in range(2 * MAX_GROUP + 1))
+    )
+    assert replies == list(range(1, 2 * MAX_GROUP + 2))
     stats = await redis.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 3
 
