@@ -133,17 +133,57 @@ def headline(result: dict[str, Any], config: dict[str, Any]) -> dict[str, float 
     return figures
 
 
+def headlines(data: dict[str, Any]) -> list[dict[str, dict[str, float | None]]]:
+    """Each run's ``{server: {figure: value}}``."""
+    config = data["config"]
+    return [
+        {server: headline(result, config) for server, result in run.items()} for run in data["runs"]
+    ]
+
+
 def medians(data: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """``{server: {figure: median over the runs}}``."""
-    config = data["config"]
     per_server: dict[str, list[dict[str, float | None]]] = {}
-    for run in data["runs"]:
-        for server, result in run.items():
-            per_server.setdefault(server, []).append(headline(result, config))
+    for run in headlines(data):
+        for server, figures in run.items():
+            per_server.setdefault(server, []).append(figures)
     return {
         server: {f.key: median(r[f.key] for r in runs) for f in FIGURES}
         for server, runs in per_server.items()
     }
+
+
+def paired(
+    runs: list[dict[str, dict[str, float | None]]], figure: Figure
+) -> tuple[list[float], int]:
+    """sockgate ÷ Node in each run that has both, and in how many sockgate was at Node's level.
+
+    The two servers of one run were measured minutes apart on the same machine, so these
+    ratios carry less of the machine's drift than a ratio of the medians.
+    """
+    ratios: list[float] = []
+    level = 0
+    for run in runs:
+        s, n = run.get("sockgate", {}).get(figure.key), run.get("node", {}).get(figure.key)
+        if s is None or n is None or INF in (s, n) or n == 0:
+            continue
+        ratios.append(s / n)
+        if not _worse(figure, s, n):
+            level += 1
+    return ratios, level
+
+
+def paired_table(runs: list[dict[str, dict[str, float | None]]]) -> str:
+    rows = [
+        "| figure | sockgate ÷ Node, run by run | runs with sockgate at Node's level or better |",
+        "|---|---|---|",
+    ]
+    for f in FIGURES:
+        ratios, level = paired(runs, f)
+        if ratios:
+            listed = " / ".join(f"{r:.2f}" for r in ratios)
+            rows.append(f"| {f.label} | {listed} | {level} of {len(ratios)} |")
+    return "\n".join(rows)
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -528,6 +568,11 @@ Floors: {FLOOR_SOURCE}. "met" needs the target and at least the Node baseline. A
 rate meets its target, and matches Node's, within 1 %: the measured rate divides by the span
 from the first send to the last delivery, so a run that delivers everything on time still lands
 just under the offered rate.{log_problems_line(data)}
+
+Run by run (both servers of a run measured minutes apart, so each ratio carries less of the
+machine's drift than the ratio of the medians above):
+
+{paired_table(headlines(data))}
 
 ### Handshakes
 

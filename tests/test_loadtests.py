@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from loadtests.bench_gateway import log_problems
-from loadtests.bench_report import FIGURES, met
+from loadtests.bench_report import FIGURES, met, paired
 from loadtests.mint_tokens import MintRefused, check_allowed
 from shared.tokens import TokenVerifier
 from tests.support.keys import new_rsa_key, thumbprint_kid, write_key
@@ -168,6 +168,27 @@ def test_rate_targets_allow_the_measurement_window_and_nothing_more() -> None:
     assert met(p99, 50.0, 60.0) == "✗ target"
     connects = figures["connects_per_s"]
     assert met(connects, 1_999, 1_000) == "✗ target"
+
+
+def test_run_by_run_ratios_pair_the_servers_of_each_run() -> None:
+    figures = {figure.key: figure for figure in FIGURES}
+    runs: list[dict[str, dict[str, float | None]]] = [
+        {
+            "sockgate": {"connects_per_s": 2000.0, "cpu_ms_per_connect": 0.40},
+            "node": {"connects_per_s": 2500.0, "cpu_ms_per_connect": 0.40},
+        },
+        {
+            "sockgate": {"connects_per_s": 2600.0, "cpu_ms_per_connect": 0.30},
+            "node": {"connects_per_s": 2600.0, "cpu_ms_per_connect": 0.33},
+        },
+        {"sockgate": {"connects_per_s": None}, "node": {"connects_per_s": 2400.0}},
+    ]
+    assert paired(runs, figures["connects_per_s"]) == ([0.8, 1.0], 1)  # a tie is Node's level
+    ratios, level = paired(runs, figures["cpu_ms_per_connect"])  # lower is better
+    assert [round(r, 3) for r in ratios] == [1.0, 0.909] and level == 2
+    rate = figures["deliveries_per_s"]  # within the rate tolerance counts as Node's level
+    assert paired([{"sockgate": {rate.key: 49_700.0}, "node": {rate.key: 50_000.0}}], rate)[1] == 1
+    assert paired([{"sockgate": {rate.key: 49_000.0}, "node": {rate.key: 50_000.0}}], rate)[1] == 0
 
 
 def test_log_problems_counts_warning_and_error_records_only(tmp_path: Path) -> None:
