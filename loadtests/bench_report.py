@@ -141,10 +141,10 @@ def headlines(data: dict[str, Any]) -> list[dict[str, dict[str, float | None]]]:
     ]
 
 
-def medians(data: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """``{server: {figure: median over the runs}}``."""
+def medians(runs: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:
+    """``{server: {figure: median over the runs}}`` of ``headlines``."""
     per_server: dict[str, list[dict[str, float | None]]] = {}
-    for run in headlines(data):
+    for run in runs:
         for server, figures in run.items():
             per_server.setdefault(server, []).append(figures)
     return {
@@ -523,7 +523,8 @@ def gateway_section(data: dict[str, Any], command: str, charts_rel: str) -> str:
     """The gateway part of ``docs/benchmarks.md``."""
     cfg, m = data["config"], data["machine"]
     servers = [s for s in ("sockgate", "node") if any(s in run for run in data["runs"])]
-    meds = medians(data)
+    runs = headlines(data)
+    meds = medians(runs)
     pinning = (
         "the servers (each replica, and Redis) on CPU 0 (`taskset -c 0`), the load "
         "generator and the orchestrator on CPU 1"
@@ -572,7 +573,7 @@ just under the offered rate.{log_problems_line(data)}
 Run by run (both servers of a run measured minutes apart, so each ratio carries less of the
 machine's drift than the ratio of the medians above):
 
-{paired_table(headlines(data))}
+{paired_table(runs)}
 
 ### Handshakes
 
