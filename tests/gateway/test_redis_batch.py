@@ -139,10 +139,12 @@ async def test_a_script_error_fails_only_its_own_caller(redis: CountingRedis) ->
         await asyncio.gather(batch.run(script, [f"batch-test:{i}"], [arg]), return_exceptions=True)
         for i, arg in enumerate(_OUTCOMES)
     ]
+    await redis.config_resetstat()
     together = await asyncio.gather(  # one batch: one EVALSHA of the grouped form
         *(batch.run(script, [f"batch-test:{i}"], [arg]) for i, arg in enumerate(_OUTCOMES)),
         return_exceptions=True,
     )
+    assert (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] == 1
     assert [_outcome(reply) for (reply,) in alone] == [_outcome(r) for r in together]
     assert [_outcome(r) for r in together] == [
         ["batch-test:0", "ok"],
