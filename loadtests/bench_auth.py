@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 from argon2 import PasswordHasher
 
+from loadtests.bench_gateway import interpreter
 from tests.support.processes import Process, free_port, wait_http_ok
 
 PASSWORD = "correct horse battery staple"
@@ -130,7 +131,7 @@ def main() -> None:
 
 Command: `.venv/bin/python -m loadtests.bench_auth --runs {args.runs}` — server pinned to CPU 0
 (`taskset -c 0`), client on the other core; SQLite store; argon2id t=2, m=19 MiB, p=1 (OWASP).
-Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.
+Machine: {platform.machine()}, {os.cpu_count()} cores, Python {interpreter()}.
 Medians of {args.runs} runs.
 
 | figure | value |

@@ -213,10 +213,13 @@ class Stack:
         assert self.redis.process is not None
         return self.redis.process.pid
 
-    def start_server(self, kind: str, name: str, root: Path = ROOT) -> tuple[Process, str]:
+    def start_server(
+        self, kind: str, name: str, root: Path = ROOT, python: str = sys.executable
+    ) -> tuple[Process, str]:
         """One replica of ``kind`` on a free loopback port, pinned; waits until healthy.
 
-        ``root`` is the checkout a sockgate replica runs from (another one for A/B runs).
+        ``root`` is the checkout a sockgate replica runs from and ``python`` the interpreter
+        it runs on (others for A/B runs).
         """
         assert self.redis is not None
         port = free_port()
@@ -224,7 +227,7 @@ class Stack:
         env = {**base_env(), "REDIS_URL": self.redis.url, "JWT_ISSUER": self.auth_url}
         if kind == "sockgate":
             env |= {"GATEWAY_PORT": str(port), "JWKS_URL": f"{self.auth_url}/.well-known/jwks.json"}
-            args = [sys.executable, "-m", "services.gateway"]
+            args = [python, "-m", "services.gateway"]
         elif kind == "node":
             env |= {"PORT": str(port), "JWT_PUBLIC_KEY_FILE": str(self.public_key_file)}
             args = ["node", str(NODE_DIR / "server.mjs")]
@@ -423,12 +426,17 @@ def bench_fanout(
     cfg: BenchConfig,
     log: Callable[[str], None],
     root: Path = ROOT,
+    python: str = sys.executable,
 ) -> list[dict[str, Any]]:
     """Room fan-out through two replicas and Redis, for each client count and offered rate.
 
-    ``root`` is the checkout sockgate's replicas run from (another one for A/B runs).
+    ``root`` is the checkout sockgate's replicas run from and ``python`` their interpreter
+    (others for A/B runs).
     """
-    replicas = [stack.start_server(kind, f"{kind}-replica{i + 1}", root=root) for i in range(2)]
+    replicas = [
+        stack.start_server(kind, f"{kind}-replica{i + 1}", root=root, python=python)
+        for i in range(2)
+    ]
     urls = [url for _, url in replicas]
     pids = [proc.pid for proc, _ in replicas] + [stack.redis_pid]
     points = []
@@ -490,6 +498,11 @@ def saturated(point: dict[str, Any]) -> bool:
     return p99 is None or p99 > 1000 or point["deliveries_per_s"] < 0.8 * point["offered_rate"]
 
 
+def interpreter() -> str:
+    """The Python version and the binary it runs from: which build of 3.11 moves the figures."""
+    return f"{platform.python_version()} ({os.path.realpath(sys.executable)})"
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     model = ""
@@ -505,7 +518,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
         "kernel": platform.release(),
-        "python": platform.python_version(),
+        "python": interpreter(),
         "node": node.stdout.strip(),
         "pinned": os.cpu_count() is not None and os.cpu_count() >= 2,  # type: ignore[operator]
     }

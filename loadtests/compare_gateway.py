@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ class Side:
 
     name: str
     root: Path
+    python: str = sys.executable
     proc: Process | None = None
     url: str = ""
     rounds: list[dict[str, float]] = field(default_factory=list)
@@ -100,7 +102,9 @@ def close(side: Side, gen: LoadGenerator, group: str) -> None:
 
 def compare(args: argparse.Namespace, stack: Stack, gen: LoadGenerator, sides: list[Side]) -> None:
     for side in sides:
-        side.proc, side.url = stack.start_server("sockgate", side.name, root=side.root)
+        side.proc, side.url = stack.start_server(
+            "sockgate", side.name, root=side.root, python=side.python
+        )
     try:
         for side in sides:
             gen.call("probe", url=side.url, timeout=30)
@@ -139,7 +143,9 @@ def compare_fanout(
     step = replace(config, fanout_clients=(args.clients,), fanout_rates=(args.fanout,))
     for index in range(args.rounds):
         for side in sides if index % 2 == 0 else sides[::-1]:
-            (point,) = bench_fanout("sockgate", stack, gen, step, lambda line: None, root=side.root)
+            (point,) = bench_fanout(
+                "sockgate", stack, gen, step, lambda line: None, root=side.root, python=side.python
+            )
             side.rounds.append(_fanout_figures(point))
     report(sides, _FANOUT_FIGURES, "cpu_us", "CPU per delivery")
 
@@ -193,6 +199,11 @@ def report(sides: list[Side], figures: Figures, cost: str, cost_label: str) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--base", default="HEAD", help="git revision to compare against")
+    parser.add_argument(
+        "--base-python",
+        default=sys.executable,
+        help="interpreter the base runs on (with its own venv): compares interpreter builds",
+    )
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--count", type=int, default=3000, help="connects per storm")
     parser.add_argument("--inflight", type=int, default=100)
@@ -207,7 +218,7 @@ def main() -> None:
         idle_steps=(max(args.count, args.memory, args.clients),),
     )
     with worktree(args.base) as base_root, bench_stack(config, print) as (stack, gen):
-        sides = [Side("base", base_root), Side("working tree", ROOT)]
+        sides = [Side("base", base_root, args.base_python), Side("working tree", ROOT)]
         if args.fanout:
             compare_fanout(args, config, stack, gen, sides)
         else:
