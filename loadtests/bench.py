@@ -3,7 +3,8 @@
 1. ``python -m loadtests.bench_auth`` (the auth service: hashing, login, refresh), its
    Markdown section taken as printed;
 2. ``loadtests.bench_gateway`` (handshakes, memory, fan-out; sockgate beside the Node
-   baseline), raw results kept in ``var/bench/gateway.json``;
+   baseline), then ``loadtests.bench_paired`` (the headline steps of both servers in
+   alternation), raw results kept in ``var/bench/gateway.json``;
 3. charts in ``docs/benchmarks/*.png`` (matplotlib) and the document itself.
 
 Needs ``SOCKGATE_LOADTEST=1`` (the gateway benchmark mints tokens with the auth key; see
@@ -28,6 +29,7 @@ from loadtests.bench_gateway import (
     run_bench,
     save_json,
 )
+from loadtests.bench_paired import run_paired
 from loadtests.bench_report import document, draw_charts, gateway_section
 from loadtests.mint_tokens import MintRefused
 from tests.support.processes import ROOT
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg,
                 log=lambda line: print(line, flush=True),
                 checkpoint=lambda partial: save_json(raw, partial),
+                paired=run_paired,
             )
         except MintRefused as exc:
             print(f"bench: {exc}", file=sys.stderr)

@@ -73,6 +73,8 @@ class BenchConfig:
     headline_rate: int = 50_000
     step_seconds: float = 3.0
     drain_seconds: float = 2.0
+    # Alternating headline steps after the runs (``loadtests.bench_paired``).
+    paired_rounds: int = 8
 
     @classmethod
     def quick(cls, runs: int = 1, servers: tuple[str, ...] = SERVERS) -> BenchConfig:
@@ -86,6 +88,7 @@ class BenchConfig:
             fanout_rates=(25_000, 50_000),
             step_seconds=2.0,
             drain_seconds=1.5,
+            paired_rounds=2,
         )
 
 
@@ -356,6 +359,55 @@ class LoadGenerator:
 # --- the measurements -------------------------------------------------------------------------
 
 
+def handshake_storm(
+    gen: LoadGenerator, pid: int, url: str, group: str, count: int, inflight: int
+) -> dict[str, Any]:
+    """``count`` connects to ``url`` at ``inflight`` in flight, left open in ``group``.
+
+    The load generator's figures, with the server's CPU per connect read from ``pid``.
+    """
+    wait_idle([pid])
+    before = cpu_ms(pid)
+    result = gen.call(
+        "connect", group=group, urls=[url], count=count, inflight=inflight, timeout=300
+    )
+    used = cpu_ms(pid) - before
+    result["inflight"] = inflight
+    result["server_cpu_ms_per_connect"] = used / max(1, result["connected"])
+    return result
+
+
+def fanout_step(
+    gen: LoadGenerator,
+    pids: list[int],
+    group: str,
+    rooms: int,
+    rate: int,
+    cfg: BenchConfig,
+    step: int,
+) -> dict[str, Any]:
+    """``rate`` deliveries/s offered to ``group``'s rooms; the CPU the processes ``pids`` used."""
+    wait_idle(pids)  # the joins' presence notices, the last step's backlog
+    before = [cpu_ms(pid) for pid in pids]
+    result = gen.call(
+        "fanout",
+        group=group,
+        rooms=rooms,
+        msgs_per_s=rate / (ROOM_SIZE - 1),
+        duration_s=cfg.step_seconds,
+        drain_s=cfg.drain_seconds,
+        step=step,
+        timeout=cfg.step_seconds + cfg.drain_seconds + 60,
+    )
+    used = [cpu_ms(pid) - b for pid, b in zip(pids, before, strict=True)]
+    delivered = max(1, min(result["delivered"], result["expected"]))
+    return result | {
+        "offered_rate": rate,
+        "server_cpu_ms": used,
+        "server_cpu_us_per_delivery": 1000 * sum(used) / delivered,
+    }
+
+
 def bench_connections(
     kind: str, stack: Stack, gen: LoadGenerator, cfg: BenchConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -394,19 +446,7 @@ def bench_connections(
 
         sweep = []
         for inflight in cfg.inflight_sweep:
-            wait_idle([proc.pid])
-            before = cpu_ms(proc.pid)
-            result = gen.call(
-                "connect",
-                group="sweep",
-                urls=[url],
-                count=cfg.connects_per_point,
-                inflight=inflight,
-                timeout=300,
-            )
-            used = cpu_ms(proc.pid) - before
-            result["inflight"] = inflight
-            result["server_cpu_ms_per_connect"] = used / max(1, result["connected"])
+            result = handshake_storm(gen, proc.pid, url, "sweep", cfg.connects_per_point, inflight)
             sweep.append(result)
             log(
                 f"  {kind}: {inflight:>3} in flight: {result['connects_per_s']:.0f} connects/s, "
@@ -450,29 +490,13 @@ def bench_fanout(
             )
             joined = gen.call("join", group="fanout", rooms=rooms, replicas=len(urls))
             for rate in cfg.fanout_rates:
-                wait_idle(pids)  # the joins' presence notices, the last step's backlog
                 step += 1
-                before = [cpu_ms(pid) for pid in pids]
-                result = gen.call(
-                    "fanout",
-                    group="fanout",
-                    rooms=rooms,
-                    msgs_per_s=rate / (ROOM_SIZE - 1),
-                    duration_s=cfg.step_seconds,
-                    drain_s=cfg.drain_seconds,
-                    step=step,
-                    timeout=cfg.step_seconds + cfg.drain_seconds + 60,
-                )
-                used = [cpu_ms(pid) - b for pid, b in zip(pids, before, strict=True)]
-                delivered = max(1, min(result["delivered"], result["expected"]))
+                result = fanout_step(gen, pids, "fanout", rooms, rate, cfg, step)
                 result |= {
                     "clients": clients,
                     "connected": connected["connected"],
                     "joined": joined["joined"],
                     "rooms": rooms,
-                    "offered_rate": rate,
-                    "server_cpu_ms": used,
-                    "server_cpu_us_per_delivery": 1000 * sum(used) / delivered,
                 }
                 points.append(result)
                 p99 = result["latency_ms"]["p99"]
@@ -552,18 +576,24 @@ def bench_stack(
             stack.stop()
 
 
+Paired = Callable[["Stack", "LoadGenerator", BenchConfig, Callable[[str], None]], list[Any]]
+
+
 def run_bench(
     cfg: BenchConfig,
     log: Callable[[str], None] = print,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    paired: Paired | None = None,
 ) -> dict[str, Any]:
     """Every run of every server; the raw results, medians are taken by the report.
 
     ``checkpoint`` gets the results so far after every run, so a long benchmark interrupted
-    late still leaves its finished runs behind.
+    late still leaves its finished runs behind. ``paired`` (``bench_paired.run_paired``), when
+    given, runs after them on the same stack; its rounds are kept under ``"paired"``.
     """
     started = time.time()
     runs: list[dict[str, Any]] = []
+    rounds: list[Any] = []
 
     def results_so_far() -> dict[str, Any]:
         return {
@@ -572,6 +602,7 @@ def run_bench(
             "started": started,
             "seconds": time.time() - started,
             "runs": runs,
+            "paired": rounds,
         }
 
     with bench_stack(cfg, log) as (stack, gen):
@@ -591,6 +622,8 @@ def run_bench(
             runs.append(results)
             if checkpoint is not None:
                 checkpoint(results_so_far())
+        if paired is not None:
+            rounds.extend(paired(stack, gen, cfg, log))
     return results_so_far()
 
 

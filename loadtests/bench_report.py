@@ -148,7 +148,7 @@ def medians(runs: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[st
         for server, figures in run.items():
             per_server.setdefault(server, []).append(figures)
     return {
-        server: {f.key: median(r[f.key] for r in runs) for f in FIGURES}
+        server: {f.key: median(r.get(f.key) for r in runs) for f in FIGURES}
         for server, runs in per_server.items()
     }
 
@@ -184,6 +184,46 @@ def paired_table(runs: list[dict[str, dict[str, float | None]]]) -> str:
             listed = " / ".join(f"{r:.2f}" for r in ratios)
             rows.append(f"| {f.label} | {listed} | {level} of {len(ratios)} |")
     return "\n".join(rows)
+
+
+def alternating_table(rounds: list[dict[str, dict[str, float | None]]]) -> str:
+    """The paired rounds (``bench_paired``): each server's median, and sockgate ÷ Node."""
+    meds = medians(rounds)
+    sock, node = meds.get("sockgate", {}), meds.get("node", {})
+    rows = [
+        "| figure | sockgate | Node baseline | sockgate ÷ Node, round by round | median ratio "
+        "| rounds with sockgate at Node's level or better |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in FIGURES:
+        ratios, level = paired(rounds, f)
+        if not ratios:
+            continue
+        listed = " / ".join(f"{r:.2f}" for r in ratios)
+        rows.append(
+            f"| {f.label} | {fmt_figure(f, sock.get(f.key))} | {fmt_figure(f, node.get(f.key))} "
+            f"| {listed} | {statistics.median(ratios):.2f}× | {level} of {len(ratios)} |"
+        )
+    return "\n".join(rows)
+
+
+def alternating_section(data: dict[str, Any]) -> str:
+    """The paired rounds' part of the summary, or nothing when the run has none."""
+    rounds = data.get("paired") or []
+    if not rounds:
+        return ""
+    cfg = data["config"]
+    return f"""
+
+Alternating (`loadtests/bench_paired.py`, after the runs): both servers up at once, the same
+headline step on one and then the other, seconds apart, the order swapped every round;
+{len(rounds)} rounds of a storm of {cfg["connects_per_point"]:,} connects at
+{cfg["headline_inflight"]} in flight (one replica each) and a fan-out step of
+{cfg["headline_clients"]:,} clients at {cfg["headline_rate"]:,}/s offered (two replicas each),
+after the same warm-up for both. The machine's minute-to-minute drift, which the runs above
+carry between one server's steps and the other's, mostly cancels out of these ratios:
+
+{alternating_table(rounds)}"""
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -573,7 +613,7 @@ just under the offered rate.{log_problems_line(data)}
 Run by run (both servers of a run measured minutes apart, so each ratio carries less of the
 machine's drift than the ratio of the medians above):
 
-{paired_table(runs)}
+{paired_table(runs)}{alternating_section(data)}
 
 ### Handshakes
 

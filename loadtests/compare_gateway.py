@@ -41,8 +41,8 @@ from loadtests.bench_gateway import (
     Stack,
     bench_fanout,
     bench_stack,
-    cpu_ms,
     exit_on_sigterm,
+    handshake_storm,
     rss_kb,
     wait_idle,
 )
@@ -80,16 +80,11 @@ def storm(
 ) -> dict[str, float]:
     """``count`` connects against ``side`` (left open); rate, p99 and CPU-ms per connect."""
     assert side.proc is not None
-    before = cpu_ms(side.proc.pid)
-    result = gen.call(
-        "connect", group=group, urls=[side.url], count=count, inflight=inflight, timeout=300
-    )
-    used = cpu_ms(side.proc.pid) - before
-    connected = max(result["connected"], 1)
+    result = handshake_storm(gen, side.proc.pid, side.url, group, count, inflight)
     return {
         "connects_per_s": result["connects_per_s"],
         "p99_ms": result["latency_ms"]["p99"],
-        "cpu_ms": used / connected,
+        "cpu_ms": result["server_cpu_ms_per_connect"],
         "not_connected": count - result["connected"],
     }
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from loadtests.bench_gateway import log_problems
-from loadtests.bench_report import FIGURES, met, paired
+from loadtests.bench_gateway import BenchConfig, log_problems
+from loadtests.bench_paired import run_paired
+from loadtests.bench_report import FIGURES, alternating_section, met, paired
 from loadtests.mint_tokens import MintRefused, check_allowed
 from shared.tokens import TokenVerifier
 from tests.support.keys import new_rsa_key, thumbprint_kid, write_key
@@ -189,6 +190,42 @@ def test_run_by_run_ratios_pair_the_servers_of_each_run() -> None:
     rate = figures["deliveries_per_s"]  # within the rate tolerance counts as Node's level
     assert paired([{"sockgate": {rate.key: 49_700.0}, "node": {rate.key: 50_000.0}}], rate)[1] == 1
     assert paired([{"sockgate": {rate.key: 49_000.0}, "node": {rate.key: 50_000.0}}], rate)[1] == 0
+
+
+def test_alternating_rounds_report_each_rounds_ratio_and_their_median() -> None:
+    def side(connects: float, cpu_ms: float, cpu_us: float) -> dict[str, float | None]:
+        return {
+            "connects_per_s": connects,
+            "cpu_ms_per_connect": cpu_ms,
+            "cpu_us_per_delivery": cpu_us,
+        }
+
+    rounds = [
+        {"sockgate": side(2000, 0.40, 15.0), "node": side(2500, 0.40, 12.0)},
+        {"sockgate": side(2400, 0.36, 14.0), "node": side(2000, 0.45, 14.0)},
+        {"sockgate": side(2200, 0.50, 16.0), "node": side(2200, 0.40, 20.0)},
+    ]
+    config = {"connects_per_point": 3000, "headline_inflight": 100}
+    text = alternating_section(
+        {"paired": rounds, "config": config | {"headline_clients": 1000, "headline_rate": 50_000}}
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if "|" in line}
+    # medians per server, each round's ratio in order, the median ratio, rounds at Node's level
+    connects = rows["authenticated connects/s, 100 in flight"]
+    assert "| 2,200 | 2,200 | 0.80 / 1.20 / 1.00 | 1.00× | 2 of 3 |" in connects
+    cpu = rows["server CPU per connect"]
+    assert "| 0.40 | 0.40 | 1.00 / 0.80 / 1.25 | 1.00× | 2 of 3 |" in cpu
+    delivery = rows["server CPU per delivery at 50,000/s"]
+    assert "| 15.0 | 14.0 | 1.25 / 1.00 / 0.80 | 1.00× | 2 of 3 |" in delivery
+    assert "fan-out delivery p99" not in text  # figures the rounds do not hold are left out
+    assert alternating_section({"paired": [], "config": config}) == ""
+
+
+def test_no_alternating_rounds_without_both_servers() -> None:
+    """Only sockgate asked for: nothing to alternate with, so nothing is started."""
+    cfg = BenchConfig(servers=("sockgate",))
+    assert run_paired(None, None, cfg, print) == []  # type: ignore[arg-type]  # never touched
+    assert run_paired(None, None, BenchConfig(paired_rounds=0), print) == []  # type: ignore[arg-type]
 
 
 def test_log_problems_counts_warning_and_error_records_only(tmp_path: Path) -> None:
