@@ -221,6 +221,17 @@ def test_alternating_rounds_report_each_rounds_ratio_and_their_median() -> None:
     assert alternating_section({"paired": [], "config": config}) == ""
 
 
+def test_the_baseline_is_judged_on_the_alternating_ratio_where_there_is_one() -> None:
+    figures = {figure.key: figure for figure in FIGURES}
+    cpu, connects = figures["cpu_ms_per_connect"], figures["connects_per_s"]
+    assert met(cpu, 0.36, 0.38) == "✓"  # the runs' medians alone
+    assert met(cpu, 0.36, 0.38, alternating=1.11) == "✗ Node"
+    assert met(cpu, 0.45, 0.40, alternating=0.98) == "✓"
+    assert met(cpu, 0.55, 0.40, alternating=0.98) == "✗ target"
+    assert met(connects, 2_491, 2_595, alternating=0.85) == "✗ Node"
+    assert met(connects, 2_400, 2_595, alternating=1.0) == "✓"
+
+
 def test_no_alternating_rounds_without_both_servers() -> None:
     """Only sockgate asked for: nothing to alternate with, so nothing is started."""
     cfg = BenchConfig(servers=("sockgate",))
