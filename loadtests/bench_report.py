@@ -444,8 +444,9 @@ def log_problems_line(data: dict[str, Any]) -> str:
     last = data["runs"][-1].get("sockgate", {}) if data["runs"] else {}
     if "log_problems" not in last:
         return ""
+    scope = "all runs and the alternating rounds" if data.get("paired_logs_counted") else "all runs"
     return (
-        "\n\nWarnings and errors in sockgate's logs over all runs (a replica that sheds work "
+        f"\n\nWarnings and errors in sockgate's logs over {scope} (a replica that sheds work "
         f"under load, a failed Redis write or a lost notice, says so there): "
         f"{last['log_problems']:,}."
     )
