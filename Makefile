@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 # The venv's interpreter: Debian's CPython 3.11 where it is installed with its venv module, any
 # python3 otherwise. Debian builds it with PGO and LTO, as the python:3.11 image the Dockerfile
-# ships is built; a default pyenv build is neither, and the gateway spent 5–12 % more CPU per
+# ships is built; a default pyenv build is neither, and the gateway spent 5–14 % more CPU per
 # connect on one (loadtests/benchmark_history.md, round 9). `make clean install` to switch.
 PYTHON ?= $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null \
 	&& echo /usr/bin/python3.11 || echo python3)
