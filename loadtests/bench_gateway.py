@@ -594,7 +594,6 @@ def run_bench(
     started = time.time()
     runs: list[dict[str, Any]] = []
     rounds: list[Any] = []
-    paired_logs_counted = False
 
     def results_so_far() -> dict[str, Any]:
         return {
@@ -604,7 +603,6 @@ def run_bench(
             "seconds": time.time() - started,
             "runs": runs,
             "paired": rounds,
-            "paired_logs_counted": paired_logs_counted,
         }
 
     with bench_stack(cfg, log) as (stack, gen):
@@ -628,7 +626,6 @@ def run_bench(
             rounds.extend(paired(stack, gen, cfg, log))
             for kind, result in (runs[-1] if runs else {}).items():  # counts over every log
                 result["log_problems"] = log_problems(sorted(stack.workdir.glob(f"{kind}-*.log")))
-            paired_logs_counted = bool(runs)
     return results_so_far()
 
 

@@ -33,15 +33,12 @@ from loadtests.bench_gateway import (
     stop_server,
     wait_idle,
 )
+from loadtests.bench_report import latency
 from tests.support.processes import Process
 
 Round = dict[str, dict[str, float | None]]
 WARM_STORMS = 3
 FANOUT_STEP_BASE = 10_000  # step numbers of their own, apart from the runs' steps
-
-
-def _latency(value: float | None) -> float:
-    return float("inf") if value is None else value
 
 
 def paired_handshakes(
@@ -126,8 +123,8 @@ def paired_fanout(
                 result = fanout_step(gen, pids[kind], group, rooms, cfg.headline_rate, cfg, step)
                 figures[kind] = {
                     "deliveries_per_s": result["deliveries_per_s"],
-                    "fanout_p50_ms": _latency(result["latency_ms"]["p50"]),
-                    "fanout_p99_ms": _latency(result["latency_ms"]["p99"]),
+                    "fanout_p50_ms": latency(result["latency_ms"]["p50"]),
+                    "fanout_p99_ms": latency(result["latency_ms"]["p99"]),
                     "cpu_us_per_delivery": result["server_cpu_us_per_delivery"],
                 }
             rounds.append(figures)

@@ -87,7 +87,7 @@ def median(values: Iterable[float | None]) -> float | None:
     return statistics.median_low(measured) if INF in measured else statistics.median(measured)
 
 
-def _latency(value: float | None) -> float:
+def latency(value: float | None) -> float:
     """A latency percentile from the load generator: ``None`` there means lost, so ``INF``."""
     return INF if value is None else value
 
@@ -120,8 +120,8 @@ def headline(result: dict[str, Any], config: dict[str, Any]) -> dict[str, float 
     step = _point(fanout, clients=clients, offered_rate=config["headline_rate"])
     if step is not None:
         figures["deliveries_per_s"] = step["deliveries_per_s"]
-        figures["fanout_p50_ms"] = _latency(step["latency_ms"]["p50"])
-        figures["fanout_p99_ms"] = _latency(step["latency_ms"]["p99"])
+        figures["fanout_p50_ms"] = latency(step["latency_ms"]["p50"])
+        figures["fanout_p99_ms"] = latency(step["latency_ms"]["p99"])
         figures["cpu_us_per_delivery"] = step["server_cpu_us_per_delivery"]
     good = [
         p["deliveries_per_s"]
@@ -364,8 +364,8 @@ def memory_series(data: dict[str, Any], server: str) -> dict[int, float | None]:
 def fanout_series(data: dict[str, Any], server: str, field: str) -> dict[tuple[int, int], Any]:
     getters: dict[str, Callable[[dict[str, Any]], float | None]] = {
         "deliveries_per_s": lambda r: r["deliveries_per_s"],
-        "p50": lambda r: _latency(r["latency_ms"]["p50"]),
-        "p99": lambda r: _latency(r["latency_ms"]["p99"]),
+        "p50": lambda r: latency(r["latency_ms"]["p50"]),
+        "p99": lambda r: latency(r["latency_ms"]["p99"]),
         "cpu": lambda r: r["server_cpu_us_per_delivery"],
         "client": lambda r: r["client_cpu_pct"],
     }
@@ -444,7 +444,7 @@ def log_problems_line(data: dict[str, Any]) -> str:
     last = data["runs"][-1].get("sockgate", {}) if data["runs"] else {}
     if "log_problems" not in last:
         return ""
-    scope = "all runs and the alternating rounds" if data.get("paired_logs_counted") else "all runs"
+    scope = "all runs and the alternating rounds" if data.get("paired") else "all runs"
     return (
         f"\n\nWarnings and errors in sockgate's logs over {scope} (a replica that sheds work "
         f"under load, a failed Redis write or a lost notice, says so there): "

@@ -219,9 +219,9 @@ def test_alternating_rounds_report_each_rounds_ratio_and_their_median() -> None:
     assert "| 15.0 | 14.0 | 1.25 / 1.00 / 0.80 | 1.00× | 2 of 3 |" in delivery
     assert "fan-out delivery p99" not in text  # figures the rounds do not hold are left out
     assert alternating_section({"paired": [], "config": config}) == ""
-    counted = {"runs": [{"sockgate": {"log_problems": 2}}], "paired_logs_counted": True}
+    counted = {"runs": [{"sockgate": {"log_problems": 2}}], "paired": rounds}
     assert "over all runs and the alternating rounds" in log_problems_line(counted)
-    assert "over all runs (" in log_problems_line(counted | {"paired_logs_counted": False})
+    assert "over all runs (" in log_problems_line(counted | {"paired": []})
 
 
 def test_the_baseline_is_judged_on_the_alternating_ratio_where_there_is_one() -> None:
