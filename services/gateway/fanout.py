@@ -188,6 +188,9 @@ class RedisManager(AsyncPubSubManager, _DeliveryCounting):  # type: ignore[misc]
         self._redis = redis
         self._metrics = metrics
         self.subscriber: RedisSubscriber | None = None
+        # ``_publish`` writes python-socketio's message dict as is, ``host_id`` its last key:
+        # this replica's own messages, which every subscriber reads back, end with this.
+        self._own_ending = orjson.dumps({"host_id": self.host_id})[1:]
 
     def initialize(self) -> None:
         """Starts nothing: ``RedisSubscriber`` feeds ``handle_message`` instead of a listener."""
@@ -204,6 +207,8 @@ class RedisManager(AsyncPubSubManager, _DeliveryCounting):  # type: ignore[misc]
 
     async def handle_message(self, raw: bytes) -> None:
         """One message from the fan-out channel; ``ValueError`` when it is refused."""
+        if raw.endswith(self._own_ending):
+            return  # our own publish, already delivered locally: not worth parsing
         message = parse_emit(raw)
         if message["host_id"] == self.host_id:
             return  # our own publish, already delivered locally
