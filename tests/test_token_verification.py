@@ -52,6 +52,7 @@ from tests.support.keys import (
     public_pem,
     thumbprint_kid,
 )
+from tests.support.waiting import eventually
 
 ISSUER = "http://127.0.0.1:8000"
 AUDIENCE = "gateway"
@@ -261,13 +262,6 @@ async def rig(make_rig: MakeRig, jwks: JwksServer) -> Rig:
     assert made.source.ready
     assert jwks.jwks_requests() == 1
     return made
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_valid_token_verifies(rig: Rig, keys: Keys) -> None:
@@ -559,7 +553,7 @@ async def test_a_burst_of_unknown_kids_fetches_once_while_valid_tokens_keep_work
     jwks.control(delay=1.0)  # hold the refetch in flight while the burst piles up behind it
 
     burst = [asyncio.create_task(rig.verify(t)) for t in forged]
-    await wait_until(lambda: len(rig.keys.lookups) >= 2 * len(forged), timeout=5)
+    await eventually(lambda: len(rig.keys.lookups) >= 2 * len(forged), 5, "the lookups")
     for _ in range(50):
         await rig.verify(valid)
     assert not any(task.done() for task in burst), "valid tokens must not wait for the fetch"
@@ -709,7 +703,7 @@ async def test_jwks_down_at_start_up_does_not_raise_and_recovers(
     await rig.refuse(token(keys.signer))
 
     own_jwks.start()
-    await wait_until(lambda: rig.source.ready, timeout=10)
+    await eventually(lambda: rig.source.ready, 10, "the key source ready")
     await rig.verify(token(keys.signer))
     assert rig.fetches[0] == "error"
     assert rig.fetches[-1] == "ok"
@@ -819,7 +813,7 @@ async def test_a_removed_key_is_refused_after_the_next_refresh(
     old = token(keys.signer)
     await rig.verify(old)
     jwks.publish(jwks_of(keys.next))
-    await wait_until(lambda: keys.signer_kid not in rig.source.kids)
+    await eventually(lambda: keys.signer_kid not in rig.source.kids, 5, "the key gone")
     await rig.refuse(old)
     await rig.verify(token(keys.next))
 

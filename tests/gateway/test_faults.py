@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
 
 import httpx
 import orjson
@@ -18,17 +17,9 @@ import redis
 from shared.revocation import CHANNEL as REVOCATIONS
 from tests.gateway.clients import NodeClients, PyClient
 from tests.gateway.conftest import Cluster, Gateway, Stack, unique
+from tests.support.waiting import eventually
 
 FANOUT = "sockgate:socketio"
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Polls ``check`` until it holds; fails with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.1)
 
 
 def ready(gateway: Gateway) -> bool:

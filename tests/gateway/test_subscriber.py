@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.subscriber import RedisSubscriber
 from tests.support.processes import RedisServer, free_port
+from tests.support.waiting import eventually
 
 CHANNEL = "sockgate:test-subscriber"
 OTHER = "sockgate:test-subscriber-other"
@@ -40,14 +40,6 @@ class Received:
         if data.startswith(b"crash"):
             raise RuntimeError("the test handler crashed")
         self.messages.append(data)
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
