@@ -14,7 +14,7 @@ close, and memory freed by earlier storms would hide what new sockets take).
 ``--fanout RATE`` compares room fan-out instead: each round runs ``bench_gateway``'s fan-out
 step (two fresh replicas of one tree, ``--clients`` clients in rooms of 100, RATE offered
 deliveries/s) for one tree, then the other, and compares the CPU per delivery of the replicas
-and Redis, and the delivery p99.
+and Redis, and the delivery p50 and p99.
 
     SOCKGATE_LOADTEST=1 .venv/bin/python -m loadtests.compare_gateway --base HEAD~1 --rounds 8
     SOCKGATE_LOADTEST=1 .venv/bin/python -m loadtests.compare_gateway --base HEAD~1 --rounds 6 \
@@ -146,9 +146,11 @@ def compare_fanout(
 
 
 def _fanout_figures(point: dict[str, Any]) -> dict[str, float]:
-    p99 = point["latency_ms"]["p99"]
+    latency = point["latency_ms"]
+    p50, p99 = latency.get("p50"), latency["p99"]
     return {
         "deliveries_per_s": point["deliveries_per_s"],
+        "p50_ms": float("inf") if p50 is None else round(p50, 2),
         "p99_ms": float("inf") if p99 is None else round(p99, 1),
         "cpu_us": point["server_cpu_us_per_delivery"],
     }
@@ -163,6 +165,7 @@ _CONNECT_FIGURES: Figures = (
 )
 _FANOUT_FIGURES: Figures = (
     ("deliveries_per_s", "deliveries/s", 0),
+    ("p50_ms", "p50 ms", 2),
     ("p99_ms", "p99 ms", 1),
     ("cpu_us", "CPU-µs per delivery", 2),
 )
