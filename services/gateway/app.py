@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from services.gateway.broadcast import Broadcaster
+from services.gateway.channel_publisher import ChannelPublisher
 from services.gateway.connections import Connection, Connections
 from services.gateway.drain import Drainer
 from services.gateway.events import EventRouter
@@ -90,10 +91,18 @@ class Gateway:
 
         # Socket.IO server and room fan-out.
         self.redis: Redis | None = None
+        self.channel_publisher: ChannelPublisher | None = None
         manager: LocalManager | RedisManager
         if settings.redis_url is not None:
             self.redis = redis_client(settings)
-            manager = RedisManager(self.redis, channel=settings.redis_channel, metrics=metrics)
+            self.channel_publisher = ChannelPublisher(
+                self.redis, metrics=metrics, retry_max=settings.redis_retry_max
+            )
+            manager = RedisManager(
+                channel=settings.redis_channel,
+                metrics=metrics,
+                publisher=self.channel_publisher,
+            )
         else:
             manager = LocalManager(metrics)
         self.server = GatewayServer(
@@ -275,6 +284,8 @@ class Gateway:
         )
         if self._jwks is not None:
             await self._jwks.start()
+        if self.channel_publisher is not None:
+            await self.channel_publisher.start()
         if self.subscriber is not None:
             await self.subscriber.start()
             # Not required (readiness reports Redis), but a replica that can reach Redis
@@ -291,6 +302,8 @@ class Gateway:
             await self.liveness.close()
         if self.subscriber is not None:
             await self.subscriber.close()
+        if self.channel_publisher is not None:
+            await self.channel_publisher.close()
         if self.redis is not None:
             await self.redis.aclose()
         if self._jwks is not None:

@@ -3,9 +3,11 @@
 ``LocalManager`` is python-socketio's in-memory manager (single-node mode). ``RedisManager``
 is its pub/sub manager with the transport written for the gateway:
 
-- publishing goes through the shared redis-py client, and is skipped at once (counted as a
-  failure) while the subscription is down, so an outage never stalls a sender: the local part
-  of every emit still happens before the publish;
+- a room emit is published first, on the ``ChannelPublisher``'s connection without waiting for
+  Redis, then delivered to this replica's members (socket.io's Redis adapter does the same);
+  publishing is skipped at once (counted as a failure) while the subscription is down, so an
+  outage never stalls a sender. Emits with a callback or binary data, which the gateway never
+  relays, take python-socketio's own path;
 - receiving is fed by ``RedisSubscriber`` instead of python-socketio's own listener task, and
   every message is validated before python-socketio sees it. Only ``emit`` of the gateway's
   server events to a policy room (never a socket id, never "everyone") is accepted: the stock
@@ -23,11 +25,10 @@ from typing import Any
 import orjson
 import socketio
 from engineio import packet as eio_packet
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from socketio import packet as sio_packet
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from services.gateway.channel_publisher import ChannelPublisher
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.rooms import is_targetable
 from services.gateway.subscriber import RedisSubscriber
@@ -183,27 +184,70 @@ class RedisManager(AsyncPubSubManager, _DeliveryCounting):  # type: ignore[misc]
 
     name = "sockgate-redis"
 
-    def __init__(self, redis: Redis, *, channel: str, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, *, channel: str, metrics: GatewayMetrics, publisher: ChannelPublisher
+    ) -> None:
         super().__init__(channel=channel, logger=log)
-        self._redis = redis
         self._metrics = metrics
+        self._publisher = publisher
         self.subscriber: RedisSubscriber | None = None
-        # ``_publish`` writes python-socketio's message dict as is, ``host_id`` its last key:
+        # A published message is python-socketio's message dict, ``host_id`` its last key:
         # this replica's own messages, which every subscriber reads back, end with this.
         self._own_ending = orjson.dumps({"host_id": self.host_id})[1:]
 
     def initialize(self) -> None:
         """Starts nothing: ``RedisSubscriber`` feeds ``handle_message`` instead of a listener."""
 
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: str | None = None,
+        skip_sid: str | None = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """python-socketio's emit with the publish sent first (see the module doc).
+
+        The message is the dict python-socketio's ``AsyncPubSubManager.emit`` builds.
+        """
+        room = to or room
+        args = list(data) if isinstance(data, tuple) else [data]
+        if (
+            kwargs.get("ignore_queue")
+            or callback is not None
+            or sio_packet.Packet.data_is_binary(args)
+        ):
+            await super().emit(
+                event, data, namespace=namespace or "/", room=room, skip_sid=skip_sid,
+                callback=callback, **kwargs,
+            )  # fmt: skip
+            return
+        message = {
+            "method": "emit",
+            "event": event,
+            "data": args,
+            "binary": False,
+            "namespace": namespace or "/",
+            "room": room,
+            "skip_sid": skip_sid,
+            "callback": None,
+            "host_id": self.host_id,
+        }
+        self._publish_now(message)
+        await self._handle_emit(message)
+
     async def _publish(self, data: dict[str, Any]) -> None:
+        """python-socketio's hook, for the messages its own code publishes."""
+        self._publish_now(data)
+
+    def _publish_now(self, message: dict[str, Any]) -> None:
         if self.subscriber is None or not self.subscriber.up:
             self._metrics.redis_publish_failures.inc()
             return
-        try:
-            await self._redis.publish(self.channel, orjson.dumps(data))
-        except (RedisError, OSError) as exc:
-            self._metrics.redis_publish_failures.inc()
-            log.warning("could not publish to Redis", extra={"error": type(exc).__name__})
+        self._publisher.publish(self.channel, orjson.dumps(message))
 
     async def handle_message(self, raw: bytes) -> None:
         """One message from the fan-out channel; ``ValueError`` when it is refused."""

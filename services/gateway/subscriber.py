@@ -8,13 +8,11 @@ down (revocations) is reloaded. A handler that rejects a message raises ``ValueE
 message is counted, logged without its content, and dropped; the subscription carries on.
 
 redis-py connects, authenticates and sends the ``SUBSCRIBE``; what Redis sends back is read
-straight off that connection's stream and parsed by hiredis' reader (``_Wire``), every complete
-reply of a read at once. redis-py's ``get_message`` costs ~34 µs a message (a retry wrapper, an
-operation timer, a timeout scope and a chain of coroutines per reply), this ~12 µs, and under
-fan-out every replica reads every message of the cluster, its own included. The subscription
-counts as up once Redis has confirmed every channel (an ACL may refuse one). A connection
-silent for ``HEALTH_SECONDS`` is sent a ``PING``; silent for as long again, it is given up as
-dead (a frozen or unreachable Redis) and the subscription is made again.
+off that connection's stream by a ``RedisWire`` (~12 µs a message where redis-py's
+``get_message`` takes ~34: under fan-out every replica reads every message of the cluster, its
+own included). The subscription counts as up once Redis has confirmed every channel (an ACL
+may refuse one). A connection silent for ``HEALTH_SECONDS`` is sent a ``PING``; silent for as
+long again, it is given up as dead (a frozen or unreachable Redis) and made again.
 """
 
 from __future__ import annotations
@@ -25,13 +23,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.redis_wire import PARTIAL, RedisWire
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,6 @@ Hook = Callable[[], Awaitable[None]]
 
 _RETRY_INITIAL = 0.1
 HEALTH_SECONDS = 10.0
-_READ_BYTES = 65536
-_PARTIAL = object()  # what the reader's ``gets`` returns while a reply is incomplete
 
 
 class RedisSubscriber:
@@ -105,8 +101,10 @@ class RedisSubscriber:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(*self._handlers)
-                wire = _Wire(pubsub, self._health_seconds)
-                await wire.confirm(set(self._by_channel))
+                if pubsub.connection is None:
+                    raise RedisConnectionError("the subscription has no connection")
+                wire = RedisWire(pubsub.connection)
+                await self._confirm(wire)
                 await self._subscribed_again()
                 delay = _RETRY_INITIAL
                 await self._listen(wire)
@@ -135,15 +133,37 @@ class RedisSubscriber:
         self._subscribed.set()
         log.info("subscribed to Redis", extra={"channels": sorted(self._handlers)})
 
-    async def _listen(self, wire: _Wire) -> None:
-        replies = wire.replies
+    async def _confirm(self, wire: RedisWire) -> None:
+        """Reads until Redis has confirmed every channel; later replies stay in ``wire``."""
+        unconfirmed = set(self._by_channel)
+        while unconfirmed:
+            await self._read(wire)
+            while unconfirmed and (reply := wire.next_reply()) is not PARTIAL:
+                if isinstance(reply, ResponseError):
+                    raise reply
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"subscribe":
+                    unconfirmed.discard(reply[1])
+
+    async def _listen(self, wire: RedisWire) -> None:
         while True:
-            while (reply := replies.gets()) is not _PARTIAL:
+            while (reply := wire.next_reply()) is not PARTIAL:
                 if isinstance(reply, ResponseError):
                     raise reply
                 if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                     await self._dispatch(reply[1], reply[2])
-            await wire.read()
+            await self._read(wire)
+
+    async def _read(self, wire: RedisWire) -> None:
+        """``wire.read()``, sending a ``PING`` after a silent period and giving up after two."""
+        for attempt in range(2):
+            try:
+                async with asyncio.timeout(self._health_seconds):
+                    await wire.read()
+                    return
+            except TimeoutError:
+                if attempt == 0:
+                    wire.send("PING")
+        raise RedisConnectionError("Redis did not answer a PING")
 
     async def _dispatch(self, raw_channel: object, data: object) -> None:
         known = self._by_channel.get(raw_channel) if isinstance(raw_channel, bytes) else None
@@ -160,53 +180,6 @@ class RedisSubscriber:
             )
         except Exception:
             log.exception("a Redis message handler failed", extra={"channel": channel})
-
-
-class _Wire:
-    """The replies Redis sends on a subscribed connection, parsed as they arrive.
-
-    ``read`` waits for the next bytes and feeds them to ``replies`` (a hiredis reader whose
-    ``gets`` returns ``_PARTIAL`` until a whole reply is in); it raises ``RedisError`` when the
-    connection closes, breaks the protocol, or stays silent through a ``PING``.
-    """
-
-    def __init__(self, pubsub: PubSub, health_seconds: float) -> None:
-        reader = getattr(pubsub.connection, "_reader", None)  # redis-py's, once connected
-        if not isinstance(reader, asyncio.StreamReader):
-            raise RedisConnectionError("the subscription has no open connection")
-        self._pubsub = pubsub
-        self._reader = reader
-        self._health_seconds = health_seconds
-        self._pinged = False
-        self.replies = hiredis.Reader(
-            protocolError=InvalidResponse, replyError=ResponseError, notEnoughData=_PARTIAL
-        )
-
-    async def read(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._health_seconds):
-                    data = await self._reader.read(_READ_BYTES)
-                break
-            except TimeoutError:
-                if self._pinged:
-                    raise RedisConnectionError("Redis did not answer a PING") from None
-                await self._pubsub.ping()
-                self._pinged = True
-        if not data:
-            raise RedisConnectionError("Redis closed the subscription")
-        self._pinged = False
-        self.replies.feed(data)
-
-    async def confirm(self, channels: set[bytes]) -> None:
-        """Reads until Redis has confirmed every channel; later replies stay in ``replies``."""
-        while channels:
-            await self.read()
-            while channels and (reply := self.replies.gets()) is not _PARTIAL:
-                if isinstance(reply, ResponseError):
-                    raise reply
-                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"subscribe":
-                    channels.discard(reply[1])
 
 
 async def _close_quietly(pubsub: PubSub) -> None:

@@ -2,7 +2,9 @@
 
 The manager's reverse room index must always agree with the stock full scan, the lean
 packet queue must behave as ``asyncio.Queue`` for everything engineio asks of it, and the
-request translation and event dispatch must give what python-engineio's own would.
+request translation and event dispatch must give what python-engineio's own would. The
+fan-out's Redis wire relies on redis-py's connection streams, and its publishes on the message
+python-socketio's pub/sub manager builds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import engineio.packet
 import pytest
 import uvicorn
 from engineio.async_drivers import asgi as asgi_driver
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from socketio.async_pubsub_manager import AsyncPubSubManager
 from socketio.base_manager import BaseManager
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -29,7 +34,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from services.gateway import server as server_module
-from services.gateway.fanout import LocalManager
+from services.gateway.channel_publisher import ChannelPublisher
+from services.gateway.fanout import LocalManager, RedisManager
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocols import (
     WEBSOCKET_LOGGER,
@@ -37,8 +43,12 @@ from services.gateway.protocols import (
     GatewayWebSocketProtocol,
     quiet_websocket_logger,
 )
+from services.gateway.redis_wire import PARTIAL, RedisWire
 from services.gateway.server import Flag, PacketQueue
+from services.gateway.subscriber import RedisSubscriber
 from shared.metrics import new_registry
+from tests.support.processes import RedisServer
+from tests.support.waiting import eventually
 
 
 def test_reverse_room_index_agrees_with_the_full_scan() -> None:
@@ -520,3 +530,76 @@ async def test_an_upgrade_is_handed_over_parsed_with_the_outcome_of_uvicorns_pat
     if name == "plain":  # the handed-over websocket reads frames afterwards
         assert ours[0].startswith(b"HTTP/1.1 101 ")
         assert Frame(Opcode.TEXT, b"echo hi").serialize(mask=False) in ours[0]
+
+
+async def test_redis_py_connections_expose_the_stream_pair_the_fanout_wire_uses(
+    redis_server: RedisServer,
+) -> None:
+    """``RedisWire`` reads and writes a connected redis-py connection's own streams."""
+    client = Redis.from_url(redis_server.url)
+    pool = client.connection_pool
+    connection = pool.connection_class(**pool.connection_kwargs)
+    await connection.connect()  # type: ignore[no-untyped-call]
+    try:
+        wire = RedisWire(connection)
+        wire.send("PING")
+        wire.send("ECHO", b"\x00bytes\r\n")
+        replies: list[object] = []
+        while len(replies) < 2:
+            await wire.read()
+            while (reply := wire.next_reply()) is not PARTIAL:
+                replies.append(reply)
+        assert replies == [b"PONG", b"\x00bytes\r\n"]
+        assert not wire.closing() and wire.buffered() == 0
+    finally:
+        await connection.disconnect()
+        await client.aclose()
+
+
+async def test_a_room_emit_publishes_the_message_python_socketio_would(
+    redis_server: RedisServer,
+) -> None:
+    """Published first, by the gateway's own emit, it is still the stock message, byte for byte,
+    ending with the replica's ``host_id`` (what the echo check looks for)."""
+    channel = f"sockgate:test-emit-{random.randrange(10**9)}"
+    client = Redis.from_url(redis_server.url)
+    metrics = GatewayMetrics(CollectorRegistry())
+    publisher = ChannelPublisher(client, metrics=metrics, retry_max=0.2)
+    manager = RedisManager(channel=channel, metrics=metrics, publisher=publisher)
+    subscriber = RedisSubscriber(
+        client,
+        handlers={channel: manager.handle_message},
+        on_subscribed=[],
+        metrics=metrics,
+        retry_max=0.2,
+    )
+    manager.subscriber = subscriber
+    listener = Redis.from_url(redis_server.url).pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(channel)
+    await publisher.start()
+    await subscriber.start()
+    try:
+        assert await subscriber.wait_subscribed(5)
+        await eventually(lambda: publisher.connected, 5, "the publisher connected")
+        emits: list[tuple[Any, dict[str, Any]]] = [
+            ({"id": "1", "text": "hé"}, {"room": "public:a", "skip_sid": "s1"}),
+            (({"id": "2"},), {"to": "public:b"}),
+            ({"id": "3"}, {"room": "user:u1", "namespace": "/"}),
+        ]
+        for data, where in emits:
+            await AsyncPubSubManager.emit(manager, "message", data, **where)  # stock
+            await manager.emit("message", data, **where)  # the gateway's
+        raw: list[bytes] = []
+        async with asyncio.timeout(5):
+            while len(raw) < 2 * len(emits):
+                message = await listener.get_message(timeout=1.0)  # None: the confirmation
+                if message is not None:
+                    raw.append(message["data"])
+        for stock, ours in zip(raw[::2], raw[1::2], strict=True):
+            assert ours == stock
+            assert ours.endswith(manager._own_ending)
+    finally:
+        await subscriber.close()
+        await publisher.close()
+        await listener.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
