@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from tests.gateway.clients import NodeClients, PyClient, node_available
@@ -60,6 +61,16 @@ AUTH_ENV = {
     ),
 }
 _names = itertools.count(1)
+
+
+def without_channel_access(server: RedisServer) -> str:
+    """A URL of ``server`` for an ACL user that may run any command on any key, but may not
+    publish or subscribe to any channel (Redis answers ``NOPERM``)."""
+    with redis.Redis.from_url(server.url) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "nochannels", "on", ">pw", "~*", "+@all", "resetchannels"
+        )
+    return server.url.replace("redis://", "redis://nochannels:pw@")
 
 
 def unique(prefix: str) -> str:
@@ -257,6 +268,14 @@ class Cluster:
     @property
     def signer(self) -> Signer:
         return self.auth.signer
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, to freeze or reconfigure without touching the others."""
+    server = RedisServer(free_port(), tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

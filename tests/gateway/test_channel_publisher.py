@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -22,7 +21,8 @@ from redis.asyncio import Redis
 
 from services.gateway.channel_publisher import CLIENT_NAME, ChannelPublisher
 from services.gateway.metrics import GatewayMetrics
-from tests.support.processes import RedisServer, free_port
+from tests.gateway.conftest import without_channel_access
+from tests.support.processes import RedisServer
 from tests.support.waiting import eventually
 
 CHANNEL = "sockgate:test-publisher"
@@ -87,13 +87,6 @@ class Rig:
         assert len(received) == len(self.received)  # no duplicates
         assert self.received == [data for data in sent if data in received]  # in order
         assert len(sent) - len(self.received) <= self.failures  # every loss counted
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -174,12 +167,7 @@ async def test_a_redis_that_takes_nothing_more_makes_new_messages_drop_at_once(
 async def test_an_acl_refusing_the_channel_counts_every_publish_and_says_so_once(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    admin = redis.Redis.from_url(own_redis.url)
-    admin.execute_command(
-        "ACL", "SETUSER", "nochannels", "on", ">pw", "~*", "+@all", "resetchannels"
-    )
-    admin.close()
-    rig = Rig(own_redis.url.replace("redis://", "redis://nochannels:pw@"), own_redis.url)
+    rig = Rig(without_channel_access(own_redis), own_redis.url)
     with caplog.at_level(logging.WARNING, logger="services.gateway.channel_publisher"):
         await rig.start()
         try:

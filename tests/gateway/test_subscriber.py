@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -21,7 +20,8 @@ from redis.asyncio import Redis
 
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.subscriber import RedisSubscriber
-from tests.support.processes import RedisServer, free_port
+from tests.gateway.conftest import without_channel_access
+from tests.support.processes import RedisServer
 from tests.support.waiting import eventually
 
 CHANNEL = "sockgate:test-subscriber"
@@ -40,14 +40,6 @@ class Received:
         if data.startswith(b"crash"):
             raise RuntimeError("the test handler crashed")
         self.messages.append(data)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, to freeze or reconfigure without touching the others."""
-    server = RedisServer(free_port(), tmp_path).start()
-    yield server
-    server.stop()
 
 
 class Harness:
@@ -169,13 +161,7 @@ async def test_a_refused_subscription_stays_down_and_says_why(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An ACL that forbids the channels: an error reply, retried, never reported as up."""
-    admin = redis.Redis.from_url(own_redis.url)
-    admin.execute_command(
-        "ACL", "SETUSER", "nochannels", "on", ">pw", "~*", "+@all", "resetchannels"
-    )
-    admin.close()
-    url = own_redis.url.replace("redis://", "redis://nochannels:pw@")
-    h = Harness(url)
+    h = Harness(without_channel_access(own_redis))
     with caplog.at_level(logging.WARNING, logger="services.gateway.subscriber"):
         await h.subscriber.start()
         try:
