@@ -110,9 +110,10 @@ class ChannelPublisher:
             connection = self._new_connection()
             try:
                 await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
-                self._open(RedisWire(connection))
+                wire = RedisWire(connection)
+                self._open(wire)
                 delay = _RETRY_INITIAL
-                await self._read_replies()
+                await self._read_replies(wire)
             except (RedisError, OSError) as exc:
                 if self._wire is not None:
                     log.warning(
@@ -151,9 +152,7 @@ class ChannelPublisher:
         self._wire = None
         self._unanswered = 0
 
-    async def _read_replies(self) -> None:
-        wire = self._wire
-        assert wire is not None
+    async def _read_replies(self, wire: RedisWire) -> None:
         refused = False
         while True:
             try:

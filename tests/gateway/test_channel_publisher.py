@@ -19,7 +19,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from services.gateway.channel_publisher import CLIENT_NAME, ChannelPublisher
+from services.gateway.channel_publisher import CLIENT_NAME, MAX_BUFFERED, ChannelPublisher
 from services.gateway.metrics import GatewayMetrics
 from tests.gateway.conftest import without_channel_access
 from tests.support.processes import RedisServer
@@ -31,15 +31,22 @@ CHANNEL = "sockgate:test-publisher"
 class Rig:
     """A publisher and a plain redis-py subscriber on one Redis."""
 
-    def __init__(self, url: str, subscriber_url: str | None = None, **options: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        subscriber_url: str | None = None,
+        *,
+        timeout: float = 1.0,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0)
         self.publisher = ChannelPublisher(
             self.client,
             metrics=GatewayMetrics(self.registry),
-            timeout=options.pop("timeout", 1.0),
             retry_max=0.2,
-            **options,  # type: ignore[arg-type]
+            timeout=timeout,
+            max_buffered=max_buffered,
         )
         self.received: list[bytes] = []
         self._listener: asyncio.Task[None] | None = None
