@@ -54,6 +54,8 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
       plain loop, written straight to each recipient's websocket when nothing is queued for
       it (``_LeanSocket.send_now``: no queue, no writer task, frame order kept), else put on
       its Engine.IO queue; closed sessions are skipped, as the stock send would refuse them.
+      While the replica is not busy, each member's frame is written as the loop reaches it
+      rather than at the end of the loop pass (``Flushes.room_emit``).
     """
 
     _metrics: GatewayMetrics
@@ -110,7 +112,9 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
         eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
         for eio_pkt in eio_pkts:
             eio_pkt.encode()  # fills the packet's cache: every writer sends the same frame
-        sockets = self.server.eio.sockets
+        eio = self.server.eio
+        sockets = eio.sockets
+        at_once = eio.flushes.room_emit()
         single = eio_pkts[0] if len(eio_pkts) == 1 else None
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip:
@@ -118,7 +122,7 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
             socket = sockets.get(eio_sid)
             if socket is None or socket.closed:
                 continue
-            if single is not None and socket.send_now(single):
+            if single is not None and socket.send_now(single, at_once=at_once):
                 continue
             queue = socket.queue
             for eio_pkt in eio_pkts:

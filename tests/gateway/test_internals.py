@@ -370,6 +370,7 @@ class _Transport:
     def __init__(self) -> None:
         self.protocol: object = None
         self.written = b""
+        self.writes = 0
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         info = {"sockname": ("127.0.0.1", 8001), "peername": ("127.0.0.1", 50000)}
@@ -380,6 +381,7 @@ class _Transport:
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.writes += 1
 
     def is_closing(self) -> bool:
         return False
@@ -603,3 +605,68 @@ async def test_a_room_emit_publishes_the_message_python_socketio_would(
         await publisher.close()
         await listener.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
+
+
+async def test_room_broadcasts_are_written_at_once_only_while_passes_hold_one() -> None:
+    flushes = server_module.Flushes()
+    assert flushes.room_emit() is True  # the first of a pass, after quiet ones
+    assert flushes.room_emit() is False  # a second in the same pass is held
+    await asyncio.sleep(0)
+    assert flushes.room_emit() is False  # the pass after a busy one is held throughout
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # passes without broadcasts change nothing
+    assert flushes.room_emit() is True  # the last pass with broadcasts had one
+    await asyncio.sleep(0)
+    assert flushes.room_emit() is True
+
+
+async def test_a_frame_written_at_once_never_overtakes_held_ones() -> None:
+    """``at_once`` writes straight to the transport only when nothing is held for the socket."""
+    loop = asyncio.get_running_loop()
+    engine = server_module.EngineServer(async_mode="asgi")
+    opened: asyncio.Future[server_module._GuardedWebSocket] = loop.create_future()
+    done = asyncio.Event()
+    frames = [Frame(Opcode.TEXT, b"4%d" % n).serialize(mask=False) for n in range(4)]
+    written_at_accept: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        websocket = server_module._GuardedWebSocket(None, engine)
+        await websocket.accept({"asgi.receive": receive, "asgi.send": send})
+        # the 101 is held for the first frame: at_once waits behind it
+        assert websocket.send_frame_now(frames[0], at_once=True)
+        written_at_accept.append(transport.writes)
+        opened.set_result(websocket)
+        await done.wait()
+
+    config = uvicorn.Config(
+        app, http=GatewayHttpProtocol, ws=GatewayWebSocketProtocol, log_config=None
+    )
+    config.load()
+    transport = _Transport()
+    protocol = GatewayHttpProtocol(config, ServerState(), {}, _loop=loop)
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(_HANDSHAKES["plain"][0] + b"\r\n")
+    websocket = await asyncio.wait_for(opened, 2)
+    try:
+        assert written_at_accept == [0]
+        await asyncio.sleep(0)
+        assert transport.written.startswith(b"HTTP/1.1 101 ")
+        assert transport.written.endswith(frames[0])
+        assert transport.writes == 1  # the 101 and the frame in one write
+
+        # nothing held: written before the call returns, one write each
+        assert websocket.send_frame_now(frames[1], at_once=True)
+        assert transport.written.endswith(frames[1])
+        assert transport.writes == 2
+
+        # a held frame first: the next one joins it, in order, at the end of the pass
+        assert websocket.send_frame_now(frames[2])
+        assert websocket.send_frame_now(frames[3], at_once=True)
+        assert transport.writes == 2
+        await asyncio.sleep(0)
+        assert transport.writes == 3
+        assert transport.written.endswith(frames[2] + frames[3])
+    finally:
+        done.set()
+        await asyncio.sleep(0.01)  # the app returns; uvicorn closes the websocket
