@@ -81,6 +81,7 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
         """Delivers to local members, counting them."""
         target = to or room
         members = self.rooms.get(namespace, {}).get(target) if isinstance(target, str) else None
+        count = 0
         if members:
             count = len(members) - (1 if skip_sid is not None and skip_sid in members else 0)
             if count > 0:
@@ -90,12 +91,18 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
                 event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs
             )
             return
-        self._send_to_room(event, data, namespace, target, skip_sid)
+        # Emits that reach no socket here (another replica's, to rooms without members here:
+        # most of them in a large cluster) do not count as this pass's broadcasts.
+        at_once = count > 0 and self.server.eio.flushes.room_emit()
+        self._send_to_room(event, data, namespace, target, skip_sid, at_once=at_once)
 
     def _send_to_room(
-        self, event: str, data: Any, namespace: str, room: Any, skip_sid: Any
+        self, event: str, data: Any, namespace: str, room: Any, skip_sid: Any, *, at_once: bool
     ) -> None:
-        """The stock emit without a callback, with no task per recipient (see the class doc)."""
+        """The stock emit without a callback, with no task per recipient (see the class doc).
+
+        ``at_once``: write each member's frame as the loop reaches it (``Flushes.room_emit``).
+        """
         if namespace not in self.rooms:
             return
         if isinstance(data, tuple):
@@ -112,9 +119,7 @@ class _DeliveryCounting(socketio.AsyncManager):  # type: ignore[misc]  # socketi
         eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
         for eio_pkt in eio_pkts:
             eio_pkt.encode()  # fills the packet's cache: every writer sends the same frame
-        eio = self.server.eio
-        sockets = eio.sockets
-        at_once = eio.flushes.room_emit()
+        sockets = self.server.eio.sockets
         single = eio_pkts[0] if len(eio_pkts) == 1 else None
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip:

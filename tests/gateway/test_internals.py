@@ -4,7 +4,8 @@ The manager's reverse room index must always agree with the stock full scan, the
 packet queue must behave as ``asyncio.Queue`` for everything engineio asks of it, and the
 request translation and event dispatch must give what python-engineio's own would. The
 fan-out's Redis wire relies on redis-py's connection streams, and its publishes on the message
-python-socketio's pub/sub manager builds.
+python-socketio's pub/sub manager builds. A broadcast's frames written at once must never
+overtake frames held for the same socket.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import random
 import re
 import weakref
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import engineio.packet
 import pytest
+import socketio
 import uvicorn
 from engineio.async_drivers import asgi as asgi_driver
 from prometheus_client import CollectorRegistry
@@ -670,3 +673,18 @@ async def test_a_frame_written_at_once_never_overtakes_held_ones() -> None:
     finally:
         done.set()
         await asyncio.sleep(0.01)  # the app returns; uvicorn closes the websocket
+
+
+async def test_emits_that_reach_no_socket_here_do_not_make_a_pass_busy() -> None:
+    """Another replica's messages for rooms with no member here (most of them, in a large
+    cluster) must not keep this replica's broadcasts held."""
+    engine = server_module.EngineServer(async_mode="asgi")
+    server = SimpleNamespace(eio=engine, packet_class=socketio.packet.Packet)
+    manager = LocalManager(GatewayMetrics(new_registry(process_metrics=False)))
+    manager.set_server(server)
+    manager.basic_enter_room("s1", "/", None, eio_sid="e1")
+    manager.basic_enter_room("s1", "/", "public:a", eio_sid="e1")
+    for room, skip in (("public:a", "s1"), ("public:a", "s1"), ("public:none", None)):
+        await manager.emit("message", {"n": 1}, "/", room=room, skip_sid=skip)
+    await asyncio.sleep(0)
+    assert engine.flushes.room_emit() is True  # the pass before had no broadcast at all
