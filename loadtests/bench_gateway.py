@@ -4,6 +4,7 @@ Measured for each server, in the same run, with the same tokens, client and mach
 
 - handshakes: authenticated connects/s and handshake latency percentiles at a fixed number of
   handshakes in flight (10 … 200; 100 is the headline), and the server's CPU per connect;
+  the same storm as the first traffic of a freshly started replica;
 - memory: the server's RSS while it holds 1,000 … 10,000 idle authenticated connections;
 - room fan-out: two replicas and Redis, rooms of 100 members spread over both replicas, a
   few publishers per room sending at an offered rate (open loop); deliveries/s reached,
@@ -408,6 +409,32 @@ def fanout_step(
     }
 
 
+def bench_fresh_storm(
+    kind: str, stack: Stack, gen: LoadGenerator, cfg: BenchConfig, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The headline storm on a replica that has served nothing yet, then stopped.
+
+    Every other step runs on a warmed server. A replica that takes over from a dead one, or
+    joins in a rolling deploy, meets its clients' reconnects cold: the first connections
+    after ``/healthz`` answers (start-up itself is not counted: ``handshake_storm`` waits
+    for the process to go idle first).
+    """
+    proc, url = stack.start_server(kind, f"{kind}-fresh")
+    try:
+        result = handshake_storm(
+            gen, proc.pid, url, "fresh", cfg.connects_per_point, cfg.headline_inflight
+        )
+        gen.call("close", group="fresh", timeout=60)
+    finally:
+        stop_server(proc)
+    log(
+        f"  {kind}: first storm on a fresh replica: {result['connects_per_s']:.0f} connects/s, "
+        f"p99 {result['latency_ms']['p99']:.1f} ms, "
+        f"{result['server_cpu_ms_per_connect']:.2f} CPU-ms/connect"
+    )
+    return result
+
+
 def bench_connections(
     kind: str, stack: Stack, gen: LoadGenerator, cfg: BenchConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -613,6 +640,7 @@ def run_bench(
             for kind in order:
                 log(f"run {run + 1}/{cfg.runs}: {kind}")
                 results[kind] = {
+                    "fresh": bench_fresh_storm(kind, stack, gen, cfg, log),
                     "connections": bench_connections(kind, stack, gen, cfg, log),
                     "fanout": bench_fanout(kind, stack, gen, cfg, log),
                 }

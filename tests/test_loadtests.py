@@ -11,13 +11,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from loadtests.bench_gateway import BenchConfig, log_problems
 from loadtests.bench_paired import run_paired
-from loadtests.bench_report import FIGURES, alternating_section, log_problems_line, met, paired
+from loadtests.bench_report import (
+    FIGURES,
+    alternating_section,
+    headline,
+    log_problems_line,
+    met,
+    paired,
+    summary_table,
+)
 from loadtests.mint_tokens import MintRefused, check_allowed
 from shared.tokens import TokenVerifier
 from tests.support.keys import new_rsa_key, thumbprint_kid, write_key
@@ -233,6 +242,35 @@ def test_the_baseline_is_judged_on_the_alternating_ratio_where_there_is_one() ->
     assert met(cpu, 0.55, 0.40, alternating=0.98) == "✗ target"
     assert met(connects, 2_491, 2_595, alternating=0.85) == "✗ Node"
     assert met(connects, 2_400, 2_595, alternating=1.0) == "✓"
+
+
+def _storm(connects: float, p99: float, cpu_ms: float, inflight: int = 100) -> dict[str, Any]:
+    return {
+        "inflight": inflight,
+        "connects_per_s": connects,
+        "latency_ms": {"p50": p99 / 2, "p99": p99},
+        "server_cpu_ms_per_connect": cpu_ms,
+    }
+
+
+def test_the_fresh_replica_storm_is_reported_beside_the_warm_one_and_judged_on_nothing() -> None:
+    """Read from the run's ``fresh`` storm; older results, without one, read as unmeasured."""
+    config = {"headline_inflight": 100, "headline_clients": 1000, "headline_rate": 50_000}
+    warm = {"sweep": [_storm(900, 80, 0.9, inflight=10), _storm(2000, 60, 0.4)], "memory": []}
+    result = {"connections": warm, "fanout": [], "fresh": _storm(1500, 130, 0.65)}
+    figures = headline(result, config)
+    assert (figures["connects_per_s"], figures["cpu_ms_per_connect"]) == (2000, 0.4)
+    assert figures["fresh_connects_per_s"] == 1500
+    assert figures["fresh_handshake_p99_ms"] == 130
+    assert figures["fresh_cpu_ms_per_connect"] == 0.65
+    older = headline({"connections": warm, "fanout": []}, config)
+    assert older["fresh_connects_per_s"] is None and older["connects_per_s"] == 2000
+
+    node = headline(result | {"fresh": _storm(1000, 200, 0.8)}, config)
+    table = summary_table({"sockgate": figures, "node": node})
+    row = next(line for line in table.splitlines() if "first storm on a fresh replica" in line)
+    # sockgate ÷ Node is shown; with no target there is no verdict either way
+    assert "| 1,500 | 1,000 | 1.50× |" in row and row.endswith("| — | — |")
 
 
 def test_no_alternating_rounds_without_both_servers() -> None:
