@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from loadtests.bench import bench_command
 from loadtests.bench_gateway import BenchConfig, log_problems
 from loadtests.bench_paired import run_paired
 from loadtests.bench_report import (
@@ -291,3 +292,9 @@ def test_log_problems_counts_warning_and_error_records_only(tmp_path: Path) -> N
     )
     second.write_text('{"level":"critical","msg":"x"}\n{"level":"debug","msg":"y"}\n')
     assert log_problems([first, second, tmp_path / "missing.log"]) == 3
+
+
+def test_the_document_states_the_command_that_measured_its_runs() -> None:
+    assert bench_command(3) == "make bench"
+    assert bench_command(5) == 'make bench BENCH_ARGS="--runs 5"'
+    assert bench_command(1, quick=True) == "make bench BENCH_ARGS=--quick"
