@@ -1,11 +1,20 @@
-"""Hot-path Redis scripts sent together: one pipeline at a time, not one call each.
+"""Hot-path Redis scripts sent together: one batch at a time, not one call each.
 
 Every handshake and every disconnect in cluster mode runs one small script (``quota``). Sent
 one by one, each pays redis-py's whole command path (pool checkout, retry wrapper, its own
 write and read) and, worse, its reply wakes the replica for one socket: under a connection
 storm those wake-ups cost more CPU than the calls (measured in docs/benchmarks.md). Here calls
-are queued and go out as one non-transactional pipeline: one checkout, one write, replies read
-in order, each caller getting its own reply (or its own error) back.
+are queued and go out together: one write, replies read in order, each caller getting its own
+reply (or its own error) back.
+
+A batch goes out on a connection of the batch's own (made from the client's settings: TLS,
+``AUTH``, ``SELECT`` as ``REDIS_URL`` says), written and read directly (``RedisWire``), not
+through a redis-py pipeline: a pipeline's pool checkout, retry wrapper, command stack and
+per-reply parsing cost the replica ~10 % of its CPU per connect in a connection storm, at the
+~12 calls a batch holds there (docs/benchmarks.md, round 12). Replies are redis-py's own
+(its error types, its decoding). A connection that breaks is dropped and made again for the
+next batch; a batch whose reused connection turns out dead before any reply is sent once more
+on a new one, as the client's own retry would.
 
 - The first call after a quiet moment waits ``GATEWAY_REDIS_BATCH_WINDOW`` (5 ms; 0 means the
   rest of the event-loop pass) so the calls of a burst share its pipeline. The wait ends early
@@ -13,9 +22,9 @@ in order, each caller getting its own reply (or its own error) back.
   handshakes in progress): with few handshakes at a time, all of them soon wait on the batch,
   no one else can join it before their replies are back, and waiting out the window would only
   add its 5 ms to every handshake.
-- One pipeline is in flight at a time (one connection): calls made meanwhile form the next
+- One batch is in flight at a time (one connection): calls made meanwhile form the next
   one, which goes out as soon as the reply is in. Under load, batches grow by themselves
-  instead of opening connections; a close storm of 10,000 sockets is a handful of pipelines.
+  instead of opening connections; a close storm of 10,000 sockets is a handful of batches.
 - ``run`` waits for the reply; ``post`` does not (a disconnect needs no answer) and its
   failures are reported once per batch to ``on_error``, not once per call.
 
@@ -42,9 +51,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from services.gateway.redis_wire import PARTIAL, RedisWire
+
+CLIENT_NAME = "sockgate-scripts"  # as Redis' CLIENT LIST shows the batch's connection
 
 # The most calls in one pipeline (bounds one write and one reply buffer).
 MAX_BATCH = 1024
@@ -124,6 +138,9 @@ class ScriptBatch:
         self._timer: asyncio.TimerHandle | None = None
         self._armed = False
         self._sender: asyncio.Task[None] | None = None
+        self._connection: AbstractConnection | None = None
+        self._wire: RedisWire | None = None
+        self.batches = 0  # batches written so far
 
     async def run(self, script: BatchScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``script(keys, args)``'s reply, sent in the next batch."""
@@ -149,6 +166,7 @@ class ScriptBatch:
         if self._sender is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(self._sender)
+        await self._disconnect()
 
     def _add(self, call: _Call) -> None:
         self._queue.append(call)
@@ -249,30 +267,97 @@ class ScriptBatch:
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         """Each call's reply (or error), one ``EVALSHA`` per group of calls (``_groups``)."""
         groups = _groups(calls)
-        # EVALSHA directly: a pipeline that knows about scripts checks SCRIPT EXISTS first,
-        # one more round trip per batch; NOSCRIPT is handled by the caller instead.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for group in groups:
-                first = group[0]
-                if len(group) == 1:
-                    pipe.evalsha(first.script.single.sha, first.key_count, *first.args)
-                    continue
-                key_count = first.key_count
-                keys = [key for call in group for key in call.args[:key_count]]
-                args = [arg for call in group for arg in call.args[key_count:]]
-                counts = (len(group), key_count, len(first.args) - key_count)
-                pipe.evalsha(first.script.grouped.sha, len(keys), *keys, *counts, *args)
-            grouped: list[Any] = await pipe.execute(raise_on_error=False)
+        commands = [_command(group) for group in groups]
+        # EVALSHA directly: checking for the scripts first would be one more round trip per
+        # batch; NOSCRIPT is handled by the caller instead.
+        reused = self._wire is not None
+        try:
+            try:
+                grouped = await self._exchange(commands)
+            except _Unanswered as exc:
+                await self._disconnect()
+                if not reused:
+                    raise exc.error from None
+                grouped = await self._exchange(commands)  # on a new connection, once
+        except _Unanswered as exc:
+            await self._disconnect()
+            raise exc.error from None
+        except BaseException:
+            await self._disconnect()  # replies may still come: the stream is out of step
+            raise
         replies: list[Any] = []
         for group, reply in zip(groups, grouped, strict=True):
             if len(group) == 1:
                 replies.append(reply)
             elif isinstance(reply, list) and len(reply) == len(group):
                 replies.extend(reply)
-            else:  # the group failed as a whole (NOSCRIPT, a connection error): each call did
+            else:  # the group failed as a whole (NOSCRIPT, say): each call did
                 error = reply if isinstance(reply, Exception) else ResponseError("bad reply")
                 replies.extend(_copy(error) for _ in group)
         return replies
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Writes ``commands`` at once and reads their replies, in order.
+
+        Raises ``_Unanswered`` when the connection fails before any byte of a reply came in.
+        """
+        wire = self._wire or await self._connect()
+        wire.send_all(commands)
+        self.batches += 1
+        replies: list[Any] = []
+        answered = False
+        while len(replies) < len(commands):
+            reply = wire.next_reply()
+            if reply is PARTIAL:
+                try:
+                    await wire.read()
+                except (RedisConnectionError, OSError) as exc:
+                    if answered:
+                        raise
+                    raise _Unanswered(exc) from None
+                answered = True
+                continue
+            replies.append(reply)
+        return replies
+
+    async def _connect(self) -> RedisWire:
+        pool = self._redis.connection_pool
+        kwargs = {**pool.connection_kwargs, "client_name": CLIENT_NAME}
+        connection: AbstractConnection = pool.connection_class(**kwargs)
+        self._connection = connection
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        except (RedisError, OSError) as exc:
+            raise _Unanswered(exc) from None
+        self._wire = RedisWire(connection, as_client=True)
+        return self._wire
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._wire = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await connection.disconnect(nowait=True)  # a frozen Redis must not hold us
+
+
+class _Unanswered(Exception):
+    """A batch's connection failed before Redis answered any of it (``error`` says how)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _command(group: list[_Call]) -> tuple[Any, ...]:
+    """The ``EVALSHA`` of one group: the script's single form for one call, else its grouped
+    form with every call's keys, then the counts, then every call's arguments."""
+    first = group[0]
+    if len(group) == 1:
+        return ("EVALSHA", first.script.single.sha, first.key_count, *first.args)
+    key_count = first.key_count
+    keys = [key for call in group for key in call.args[:key_count]]
+    args = [arg for call in group for arg in call.args[key_count:]]
+    counts = (len(group), key_count, len(first.args) - key_count)
+    return ("EVALSHA", first.script.grouped.sha, len(keys), *keys, *counts, *args)
 
 
 def _groups(calls: list[_Call]) -> list[list[_Call]]:

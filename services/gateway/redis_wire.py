@@ -13,8 +13,11 @@ every complete reply of a read at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
@@ -30,10 +33,12 @@ class RedisWire:
 
     Error replies come out of ``next_reply`` as ``ResponseError`` instances (not raised); a
     stream that breaks the protocol raises ``InvalidResponse``, a closed one
-    ``ConnectionError`` (both ``RedisError``).
+    ``ConnectionError`` (both ``RedisError``). With ``as_client``, replies come out as the
+    client's own commands return them: errors of redis-py's types (``NoScriptError`` for
+    ``NOSCRIPT`` …) and strings decoded when the client has ``decode_responses``.
     """
 
-    def __init__(self, connection: AbstractConnection) -> None:
+    def __init__(self, connection: AbstractConnection, *, as_client: bool = False) -> None:
         # redis-py's stream pair, set by ``connect()`` (tests/gateway/test_internals.py).
         reader = getattr(connection, "_reader", None)
         writer = getattr(connection, "_writer", None)
@@ -44,8 +49,14 @@ class RedisWire:
         self._connection = connection
         self._reader = reader
         self._writer = writer
+        options: dict[str, Any] = {"replyError": ResponseError}
+        if as_client:  # as redis-py's own hiredis parser is set up (redis/_parsers/hiredis.py)
+            options["replyError"] = BaseParser.parse_error
+            encoder = connection.encoder
+            if encoder.decode_responses:
+                options |= {"encoding": encoder.encoding, "errors": encoder.encoding_errors}
         self._replies = hiredis.Reader(
-            protocolError=InvalidResponse, replyError=ResponseError, notEnoughData=PARTIAL
+            protocolError=InvalidResponse, notEnoughData=PARTIAL, **options
         )
 
     async def read(self) -> None:
@@ -62,6 +73,10 @@ class RedisWire:
     def send(self, *args: bytes | str) -> None:
         """Writes the command ``args`` without waiting (its reply comes out of ``next_reply``)."""
         self._writer.writelines(self._connection.pack_command(*args))
+
+    def send_all(self, commands: Iterable[Sequence[Any]]) -> None:
+        """Writes every command of ``commands`` in one go (replies in order, as for ``send``)."""
+        self._writer.writelines(self._connection.pack_commands(commands))
 
     def closing(self) -> bool:
         """Whether the connection is closed or closing (nothing written now would arrive)."""

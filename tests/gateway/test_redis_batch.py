@@ -1,11 +1,11 @@
-"""The replica's Redis calls against a real Redis: ``ScriptBatch`` (one pipeline per loop pass,
-each caller its own reply) and the bounded pool callers wait on."""
+"""The replica's Redis calls against a real Redis: ``ScriptBatch`` (one batch per loop pass, on
+a connection of its own, each caller its own reply) and the bounded pool callers wait on."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -13,7 +13,13 @@ from redis.asyncio import Redis
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 from services.gateway.app import redis_client
-from services.gateway.redis_batch import MAX_BATCH, MAX_GROUP, BatchScript, ScriptBatch
+from services.gateway.redis_batch import (
+    CLIENT_NAME,
+    MAX_BATCH,
+    MAX_GROUP,
+    BatchScript,
+    ScriptBatch,
+)
 from services.gateway.settings import GatewaySettings
 from tests.support.processes import RedisServer, free_port
 
@@ -28,44 +34,52 @@ return {KEYS[1], ARGV[1]}
 _COUNT = "return redis.call('INCR', KEYS[1])"
 
 
-class CountingRedis(Redis):
-    """A real client that counts the pipelines it opens."""
-
-    pipelines = 0
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        self.pipelines += 1
-        return super().pipeline(*args, **kwargs)
-
-
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[CountingRedis]:
-    client = CountingRedis.from_url(redis_server.url, decode_responses=True)
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=True)
     await client.delete(*[f"batch-test:{i}" for i in range(600)])
     for script in BatchScript(client, _ECHO).scripts():
-        await client.script_load(script.script)  # so pipelines are counted without the reload
+        await client.script_load(script.script)  # so batches are counted without the reload
     yield client
     await client.delete(*[f"batch-test:{i}" for i in range(600)])
     await client.aclose()
 
 
-async def test_calls_of_one_loop_pass_share_one_pipeline(redis: CountingRedis) -> None:
-    batch = ScriptBatch(redis, timeout=5)
+@pytest.fixture
+async def batches() -> AsyncIterator[Callable[..., ScriptBatch]]:
+    """Makes ``ScriptBatch``es that are closed (their connections too) after the test."""
+    made: list[ScriptBatch] = []
+
+    def make(client: Redis, **options: Any) -> ScriptBatch:
+        made.append(ScriptBatch(client, **options))
+        return made[-1]
+
+    yield make
+    for batch in made:
+        await batch.close()
+
+
+async def test_calls_of_one_loop_pass_share_one_batch(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    batch = batches(redis, timeout=5)
     script = BatchScript(redis, _ECHO)
     replies = await asyncio.gather(
         *(batch.run(script, [f"batch-test:{i}"], [f"v{i}"]) for i in range(50))
     )
     assert replies == [[f"batch-test:{i}", f"v{i}"] for i in range(50)]
-    assert redis.pipelines == 1
+    assert batch.batches == 1
     assert await redis.get("batch-test:7") == "1"  # ran once, not retried
 
     # A later pass is a new batch.
     assert await batch.run(script, ["batch-test:7"], ["again"]) == ["batch-test:7", "again"]
-    assert redis.pipelines == 2
+    assert batch.batches == 2
 
 
-async def test_calls_within_the_window_share_one_pipeline(redis: CountingRedis) -> None:
-    batch = ScriptBatch(redis, timeout=5, window=0.05)
+async def test_calls_within_the_window_share_one_batch(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    batch = batches(redis, timeout=5, window=0.05)
     script = BatchScript(redis, _ECHO)
 
     async def later(i: int) -> Any:
@@ -74,27 +88,31 @@ async def test_calls_within_the_window_share_one_pipeline(redis: CountingRedis) 
 
     replies = await asyncio.gather(*(later(i) for i in range(5)))
     assert [reply[1] for reply in replies] == [str(i) for i in range(5)]
-    assert redis.pipelines == 1
+    assert batch.batches == 1
 
 
-async def test_a_full_batch_goes_out_at_once(redis: CountingRedis) -> None:
-    batch = ScriptBatch(redis, timeout=5, window=30)  # only a full batch can end the wait
+async def test_a_full_batch_goes_out_at_once(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    batch = batches(redis, timeout=5, window=30)  # only a full batch can end the wait
     script = BatchScript(redis, _ECHO)
     async with asyncio.timeout(5):
         replies = await asyncio.gather(
             *(batch.run(script, [f"batch-test:{i}"], [str(i)]) for i in range(MAX_BATCH))
         )
     assert [reply[1] for reply in replies] == [str(i) for i in range(MAX_BATCH)]
-    assert redis.pipelines == 1
+    assert batch.batches == 1
 
 
-async def test_one_pipeline_in_flight_the_rest_waits_for_it(redis: CountingRedis) -> None:
+async def test_one_batch_in_flight_the_rest_waits_for_it(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
     """Calls made while a batch is out form the next batch, sent when its reply is in."""
-    batch = ScriptBatch(redis, timeout=5)
+    batch = batches(redis, timeout=5)
     script = BatchScript(redis, _ECHO)
     first = asyncio.ensure_future(batch.run(script, ["batch-test:1"], ["first"]))
     async with asyncio.timeout(5):
-        while redis.pipelines == 0:  # until the first batch is out (its reply not yet read)
+        while batch.batches == 0:  # until the first batch is out (its reply not yet read)
             await asyncio.sleep(0)
     assert not first.done()
     later = [asyncio.ensure_future(batch.run(script, [f"batch-test:{i}"], [str(i)]))
@@ -102,12 +120,14 @@ async def test_one_pipeline_in_flight_the_rest_waits_for_it(redis: CountingRedis
     assert await first == ["batch-test:1", "first"]
     replies = await asyncio.gather(*later)
     assert [reply[1] for reply in replies] == [str(i) for i in range(2, 40)]
-    assert redis.pipelines == 2  # all 38 in the second
+    assert batch.batches == 2  # all 38 in the second
 
 
-async def test_posted_calls_run_and_report_failures_once_per_batch(redis: CountingRedis) -> None:
+async def test_posted_calls_run_and_report_failures_once_per_batch(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
     errors: list[tuple[str, str]] = []
-    batch = ScriptBatch(redis, timeout=5, on_error=lambda op, exc: errors.append((op, str(exc))))
+    batch = batches(redis, timeout=5, on_error=lambda op, exc: errors.append((op, str(exc))))
     script = BatchScript(redis, _ECHO)
     for i in range(10):
         batch.post(script, [f"batch-test:{i}"], ["ok"], op="release")
@@ -130,9 +150,11 @@ def _outcome(reply: object) -> object:
     return reply
 
 
-async def test_a_script_error_fails_only_its_own_caller(redis: CountingRedis) -> None:
+async def test_a_script_error_fails_only_its_own_caller(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
     """Alone or in a group of calls of one script: the same reply or error for each call."""
-    batch = ScriptBatch(redis, timeout=5)
+    batch = batches(redis, timeout=5)
     script = BatchScript(redis, _ECHO)
     await redis.set("batch-test:3", "text")  # INCRBY on it fails
     alone = [  # one call per batch: the script's plain EVALSHA
@@ -157,9 +179,11 @@ async def test_a_script_error_fails_only_its_own_caller(redis: CountingRedis) ->
     assert await redis.mget("batch-test:0", "batch-test:1", "batch-test:5") == ["2", None, "2"]
 
 
-async def test_calls_of_one_script_in_a_row_go_out_as_one_command(redis: CountingRedis) -> None:
+async def test_calls_of_one_script_in_a_row_go_out_as_one_command(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
     """Five calls of one script, one of another, two of the first: three EVALSHA, in order."""
-    batch = ScriptBatch(redis, timeout=5)
+    batch = batches(redis, timeout=5)
     count, echo = BatchScript(redis, _COUNT), BatchScript(redis, _ECHO)
     for script in (*count.scripts(), *echo.scripts()):
         await redis.script_load(script.script)
@@ -169,7 +193,7 @@ async def test_calls_of_one_script_in_a_row_go_out_as_one_command(redis: Countin
     calls.extend(batch.run(count, ["batch-test:0"], []) for _ in range(2))
     replies = await asyncio.gather(*calls)
     assert replies == [1, 2, 3, 4, 5, ["batch-test:0", "echo"], 7, 8]
-    assert redis.pipelines == 1
+    assert batch.batches == 1
     stats = await redis.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 3
 
@@ -183,8 +207,10 @@ async def test_calls_of_one_script_in_a_row_go_out_as_one_command(redis: Countin
     assert stats["cmdstat_evalsha"]["calls"] == 3
 
 
-async def test_scripts_are_loaded_again_after_a_flush(redis: CountingRedis) -> None:
-    batch = ScriptBatch(redis, timeout=5)
+async def test_scripts_are_loaded_again_after_a_flush(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    batch = batches(redis, timeout=5)
     script = BatchScript(redis, _ECHO)
     assert await batch.run(script, ["batch-test:1"], ["first"]) == ["batch-test:1", "first"]
     await redis.script_flush()
@@ -196,10 +222,12 @@ async def test_scripts_are_loaded_again_after_a_flush(redis: CountingRedis) -> N
     assert await redis.get("batch-test:1") == "2"  # NOSCRIPT ran nothing; the retry ran once
 
 
-async def test_an_unreachable_server_fails_every_caller_in_time() -> None:
+async def test_an_unreachable_server_fails_every_caller_in_time(
+    batches: Callable[..., ScriptBatch],
+) -> None:
     client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     errors: list[str] = []
-    batch = ScriptBatch(client, timeout=2, on_error=lambda op, exc: errors.append(op))
+    batch = batches(client, timeout=2, on_error=lambda op, exc: errors.append(op))
     script = BatchScript(client, _ECHO)
     try:
         async with asyncio.timeout(5):
@@ -215,8 +243,10 @@ async def test_an_unreachable_server_fails_every_caller_in_time() -> None:
     assert errors == ["release"]
 
 
-async def test_a_caller_that_gives_up_does_not_disturb_the_others(redis: CountingRedis) -> None:
-    batch = ScriptBatch(redis, timeout=5)
+async def test_a_caller_that_gives_up_does_not_disturb_the_others(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    batch = batches(redis, timeout=5)
     script = BatchScript(redis, _ECHO)
     impatient = asyncio.ensure_future(batch.run(script, ["batch-test:1"], ["gone"]))
     patient = asyncio.ensure_future(batch.run(script, ["batch-test:2"], ["here"]))
@@ -245,10 +275,12 @@ async def test_a_burst_beyond_the_pool_waits_for_connections(redis_server: Redis
         await stock.aclose()
 
 
-async def test_the_window_ends_once_every_expected_caller_waits(redis: CountingRedis) -> None:
+async def test_the_window_ends_once_every_expected_caller_waits(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
     """With ``expected`` callers all queued, nobody else can join: the batch goes at once."""
     in_progress = 3
-    batch = ScriptBatch(redis, timeout=5, window=30, expected=lambda: in_progress)
+    batch = batches(redis, timeout=5, window=30, expected=lambda: in_progress)
     script = BatchScript(redis, _ECHO)
 
     async def later(i: int) -> Any:
@@ -258,22 +290,77 @@ async def test_the_window_ends_once_every_expected_caller_waits(redis: CountingR
     async with asyncio.timeout(5):  # without the early end the window alone is 30 s
         replies = await asyncio.gather(*(later(i) for i in range(3)))
     assert [reply[1] for reply in replies] == ["0", "1", "2"]
-    assert redis.pipelines == 1  # the three waited for each other, then went together
+    assert batch.batches == 1  # the three waited for each other, then went together
 
 
-async def test_posted_calls_and_missing_callers_keep_the_window(redis: CountingRedis) -> None:
+async def test_posted_calls_and_missing_callers_keep_the_window(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
     """Calls nobody waits for do not count, and fewer waiting callers than expected wait."""
-    batch = ScriptBatch(redis, timeout=5, window=0.3, expected=lambda: 2)
+    batch = batches(redis, timeout=5, window=0.3, expected=lambda: 2)
     script = BatchScript(redis, _ECHO)
     loop = asyncio.get_running_loop()
     started = loop.time()
     batch.post(script, ["batch-test:1"], ["posted"], op="test")
     assert await batch.run(script, ["batch-test:2"], ["waited"]) == ["batch-test:2", "waited"]
     assert loop.time() - started >= 0.25  # one waiting caller of two expected: the window
-    assert redis.pipelines == 1
+    assert batch.batches == 1
     assert await redis.get("batch-test:1") == "1"  # the posted call went in the same batch
 
-    idle = ScriptBatch(redis, timeout=5, window=0.3, expected=lambda: 0)
+    idle = batches(redis, timeout=5, window=0.3, expected=lambda: 0)
     started = loop.time()
     await idle.run(script, ["batch-test:3"], ["no handshakes"])
     assert loop.time() - started >= 0.25  # nothing in progress to wait for: the window
+
+
+async def _batch_connections(redis: Redis) -> list[dict[str, Any]]:
+    """The connections ``ScriptBatch``es hold, as Redis lists them."""
+    return [c for c in await redis.client_list() if c.get("name") == CLIENT_NAME]
+
+
+async def test_batches_use_one_connection_of_their_own_and_close_it(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    batch = batches(redis, timeout=5)
+    script = BatchScript(redis, _ECHO)
+    for i in range(3):
+        assert await batch.run(script, [f"batch-test:{i}"], ["x"]) == [f"batch-test:{i}", "x"]
+    assert len(await _batch_connections(redis)) == 1
+    await batch.close()
+    async with asyncio.timeout(5):
+        while await _batch_connections(redis):
+            await asyncio.sleep(0.01)
+
+
+async def test_a_batch_whose_connection_redis_closed_goes_out_once_on_a_new_one(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    """A Redis restart or a killed client: the next batch finds its connection dead."""
+    batch = batches(redis, timeout=5)
+    script = BatchScript(redis, _ECHO)
+    assert await batch.run(script, ["batch-test:1"], ["first"]) == ["batch-test:1", "first"]
+    (connection,) = await _batch_connections(redis)
+    assert await redis.client_kill_filter(_id=connection["id"]) == 1
+    await asyncio.sleep(0.05)  # the close reaches the replica's side
+    assert await batch.run(script, ["batch-test:1"], ["again"]) == ["batch-test:1", "again"]
+    assert await redis.get("batch-test:1") == "2"  # each ran once
+    assert batch.batches == 3  # the write on the dead connection, then the batch again
+    (replaced,) = await _batch_connections(redis)
+    assert replaced["id"] != connection["id"]
+
+
+async def test_replies_are_what_the_client_itself_would_return(
+    redis_server: RedisServer, batches: Callable[..., ScriptBatch]
+) -> None:
+    """Bytes from a client that does not decode; redis-py's error types either way."""
+    raw = Redis.from_url(redis_server.url)
+    try:
+        batch = batches(raw, timeout=5)
+        script = BatchScript(raw, _ECHO)
+        assert await batch.run(script, ["batch-test:1"], ["x"]) == [b"batch-test:1", b"x"]
+        await raw.script_flush()  # NOSCRIPT must come back as redis-py's NoScriptError ...
+        assert await batch.run(script, ["batch-test:1"], ["y"]) == [b"batch-test:1", b"y"]
+        assert await raw.get("batch-test:1") == b"2"  # ... for the batch to load it and go again
+    finally:
+        await raw.delete("batch-test:1")
+        await raw.aclose()
