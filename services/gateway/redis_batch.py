@@ -16,12 +16,12 @@ per-reply parsing cost the replica ~10 % of its CPU per connect in a connection 
 next batch; a batch whose reused connection turns out dead before any reply is sent once more
 on a new one, as the client's own retry would.
 
-- The first call after a quiet moment waits ``GATEWAY_REDIS_BATCH_WINDOW`` (5 ms; 0 means the
-  rest of the event-loop pass) so the calls of a burst share its pipeline. The wait ends early
+- The first call after a quiet moment waits ``GATEWAY_REDIS_BATCH_WINDOW`` (10 ms; 0 means the
+  rest of the event-loop pass) so the calls of a burst share its batch. The wait ends early
   once every caller that could still join is in (``expected``: the replica passes its count of
   handshakes in progress): with few handshakes at a time, all of them soon wait on the batch,
   no one else can join it before their replies are back, and waiting out the window would only
-  add its 5 ms to every handshake.
+  add its 10 ms to every handshake.
 - One batch is in flight at a time (one connection): calls made meanwhile form the next
   one, which goes out as soon as the reply is in. Under load, batches grow by themselves
   instead of opening connections; a close storm of 10,000 sockets is a handful of batches.
