@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.redis_wire import PARTIAL, RedisWire
+from services.gateway.redis_wire import PARTIAL, RedisWire, own_connection
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,7 @@ class ChannelPublisher:
             delay = min(self._retry_max, delay * 2)
 
     def _new_connection(self) -> AbstractConnection:
-        pool = self._redis.connection_pool
-        kwargs = {**pool.connection_kwargs, "client_name": CLIENT_NAME}
-        connection: AbstractConnection = pool.connection_class(**kwargs)
-        return connection
+        return own_connection(self._redis, CLIENT_NAME)
 
     def _open(self, wire: RedisWire) -> None:
         """Makes ``wire`` the connection, sending what waited for it first, in order."""

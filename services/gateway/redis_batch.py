@@ -56,7 +56,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from services.gateway.redis_wire import PARTIAL, RedisWire
+from services.gateway.redis_wire import PARTIAL, RedisWire, own_connection
 
 CLIENT_NAME = "sockgate-scripts"  # as Redis' CLIENT LIST shows the batch's connection
 
@@ -321,10 +321,7 @@ class ScriptBatch:
         return replies
 
     async def _connect(self) -> RedisWire:
-        pool = self._redis.connection_pool
-        kwargs = {**pool.connection_kwargs, "client_name": CLIENT_NAME}
-        connection: AbstractConnection = pool.connection_class(**kwargs)
-        self._connection = connection
+        connection = self._connection = own_connection(self._redis, CLIENT_NAME)
         try:
             await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
         except (RedisError, OSError) as exc:

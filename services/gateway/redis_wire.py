@@ -18,6 +18,7 @@ from typing import Any
 
 import hiredis
 from redis._parsers.base import BaseParser
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
@@ -26,6 +27,15 @@ PARTIAL = object()
 """What ``RedisWire.next_reply`` returns while no complete reply is in."""
 
 _READ_BYTES = 65536
+
+
+def own_connection(redis: Redis, client_name: str) -> AbstractConnection:
+    """A connection of its own, not from ``redis``'s pool but made with its settings (TLS,
+    ``AUTH``, ``SELECT`` as ``REDIS_URL`` says), named ``client_name`` in ``CLIENT LIST``."""
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "client_name": client_name}
+    connection: AbstractConnection = pool.connection_class(**kwargs)
+    return connection
 
 
 class RedisWire:
