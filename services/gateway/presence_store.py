@@ -12,7 +12,7 @@ state, so it knows whether its change is an arrival or a departure for the whole
 the reaper of a dead replica announces exactly the departures nobody announced yet.
 
 A change is one script on one entry, O(1) in the size of the room (sent in the hot path's
-pipelines), made only when a replica's first socket of a user enters the room or its last one
+batches), made only when a replica's first socket of a user enters the room or its last one
 leaves. Entries move
 by ±1, so two changes racing on different connections end in the same state in either order.
 ``who`` reads the room's hash (O(members)), and so do ``reap`` and ``resync``, which run once
@@ -190,7 +190,7 @@ class Announcement:
 class RedisPresence:
     """The Redis side of presence; every call goes through ``Liveness``.
 
-    Joins and leaves (``change``) share the hot path's pipelines (``ScriptBatch``): a thousand
+    Joins and leaves (``change``) share the hot path's batches (``ScriptBatch``): a thousand
     sockets leaving at once are a few round trips, not a thousand.
     """
 

@@ -10,8 +10,8 @@ reply (or its own error) back.
 A batch goes out on a connection of the batch's own (made from the client's settings: TLS,
 ``AUTH``, ``SELECT`` as ``REDIS_URL`` says), written and read directly (``RedisWire``), not
 through a redis-py pipeline: a pipeline's pool checkout, retry wrapper, command stack and
-per-reply parsing cost the replica ~10 % of its CPU per connect in a connection storm, at the
-~12 calls a batch holds there (docs/benchmarks.md, round 12). Replies are redis-py's own
+per-reply parsing cost the replica 6–10 % of its CPU per connect in a connection storm, at
+the ~12 calls a batch holds there (docs/benchmarks.md, round 12). Replies are redis-py's own
 (its error types, its decoding). A connection that breaks is dropped and made again for the
 next batch; a batch whose reused connection turns out dead before any reply is sent once more
 on a new one, as the client's own retry would.
@@ -60,7 +60,7 @@ from services.gateway.redis_wire import PARTIAL, RedisWire, own_connection
 
 CLIENT_NAME = "sockgate-scripts"  # as Redis' CLIENT LIST shows the batch's connection
 
-# The most calls in one pipeline (bounds one write and one reply buffer).
+# The most calls in one batch (bounds one write and one reply buffer).
 MAX_BATCH = 1024
 # The most calls in one grouped EVALSHA (bounds how long one script holds Redis).
 MAX_GROUP = 128
@@ -117,7 +117,7 @@ class _Call:
 
 
 class ScriptBatch:
-    """Runs registered scripts through one pipeline at a time (see the module doc)."""
+    """Runs registered scripts one batch at a time on its own connection (see the module doc)."""
 
     def __init__(
         self,
@@ -220,13 +220,13 @@ class ScriptBatch:
     async def _send(self, calls: list[_Call]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                replies = await self._pipeline(calls)
+                replies = await self._round_trip(calls)
                 missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
                 if missing:
                     for batch_script in {calls[i].script for i in missing}:
                         for script in batch_script.scripts():
                             script.sha = await self._redis.script_load(script.script)
-                    again = await self._pipeline([calls[i] for i in missing])
+                    again = await self._round_trip([calls[i] for i in missing])
                     for i, reply in zip(missing, again, strict=True):
                         replies[i] = reply
         except BaseException as exc:
@@ -264,7 +264,7 @@ class ScriptBatch:
         if self._on_error is not None:
             self._on_error(op, exc)
 
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+    async def _round_trip(self, calls: list[_Call]) -> list[Any]:
         """Each call's reply (or error), one ``EVALSHA`` per group of calls (``_groups``)."""
         groups = _groups(calls)
         commands = [_command(group) for group in groups]
