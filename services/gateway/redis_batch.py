@@ -274,10 +274,10 @@ class ScriptBatch:
         try:
             try:
                 grouped = await self._exchange(commands)
-            except _Unanswered as exc:
-                await self._disconnect()
+            except _Unanswered:
                 if not reused:
-                    raise exc.error from None
+                    raise
+                await self._disconnect()
                 grouped = await self._exchange(commands)  # on a new connection, once
         except _Unanswered as exc:
             await self._disconnect()
