@@ -78,11 +78,12 @@ def worktree(revision: str) -> Iterator[Path]:
 def storm(
     side: Side, gen: LoadGenerator, group: str, count: int, inflight: int
 ) -> dict[str, float]:
-    """``count`` connects against ``side`` (left open); rate, p99 and CPU-ms per connect."""
+    """``count`` connects against ``side`` (left open); rate, p50, p99 and CPU-ms per connect."""
     assert side.proc is not None
     result = handshake_storm(gen, side.proc.pid, side.url, group, count, inflight)
     return {
         "connects_per_s": result["connects_per_s"],
+        "p50_ms": result["latency_ms"]["p50"],
         "p99_ms": result["latency_ms"]["p99"],
         "cpu_ms": result["server_cpu_ms_per_connect"],
         "not_connected": count - result["connected"],
@@ -160,6 +161,7 @@ def _fanout_figures(point: dict[str, Any]) -> dict[str, float]:
 Figures = tuple[tuple[str, str, int], ...]
 _CONNECT_FIGURES: Figures = (
     ("connects_per_s", "connects/s", 0),
+    ("p50_ms", "p50 ms", 1),
     ("p99_ms", "p99 ms", 1),
     ("cpu_ms", "CPU-ms per connect", 3),
 )
