@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 from cryptography.hazmat.primitives import serialization
 
 from loadtests.mint_tokens import MintRefused, mint_tokens, newest_key
@@ -217,6 +218,14 @@ class Stack:
         assert self.redis.process is not None
         return self.redis.process.pid
 
+    def redis_cpu_s(self) -> float:
+        """The CPU Redis has used so far, in seconds (its ``INFO cpu``: µs, where ``/proc``
+        counts 10 ms ticks, and a storm costs Redis a few of them)."""
+        assert self.redis is not None
+        with redis.Redis.from_url(self.redis.url) as client:
+            info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
     def start_server(
         self, kind: str, name: str, root: Path = ROOT, python: str = sys.executable
     ) -> tuple[Process, str]:
@@ -361,20 +370,32 @@ class LoadGenerator:
 
 
 def handshake_storm(
-    gen: LoadGenerator, pid: int, url: str, group: str, count: int, inflight: int
+    gen: LoadGenerator,
+    pid: int,
+    url: str,
+    group: str,
+    count: int,
+    inflight: int,
+    redis_cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """``count`` connects to ``url`` at ``inflight`` in flight, left open in ``group``.
 
-    The load generator's figures, with the server's CPU per connect read from ``pid``.
+    The load generator's figures, with the server's CPU per connect read from ``pid`` and,
+    given ``redis_cpu`` (``Stack.redis_cpu_s``), Redis's: it runs on the server's core, so
+    what a connect costs it there is the core's too (sockgate's cluster-wide per-user limit).
     """
     wait_idle([pid])
+    redis_before = redis_cpu() if redis_cpu is not None else 0.0
     before = cpu_ms(pid)
     result = gen.call(
         "connect", group=group, urls=[url], count=count, inflight=inflight, timeout=300
     )
     used = cpu_ms(pid) - before
+    connected = max(1, result["connected"])
     result["inflight"] = inflight
-    result["server_cpu_ms_per_connect"] = used / max(1, result["connected"])
+    result["server_cpu_ms_per_connect"] = used / connected
+    if redis_cpu is not None:
+        result["redis_cpu_us_per_connect"] = (redis_cpu() - redis_before) * 1e6 / connected
     return result
 
 
@@ -422,7 +443,13 @@ def bench_fresh_storm(
     proc, url = stack.start_server(kind, f"{kind}-fresh")
     try:
         result = handshake_storm(
-            gen, proc.pid, url, "fresh", cfg.connects_per_point, cfg.headline_inflight
+            gen,
+            proc.pid,
+            url,
+            "fresh",
+            cfg.connects_per_point,
+            cfg.headline_inflight,
+            stack.redis_cpu_s,
         )
         gen.call("close", group="fresh", timeout=60)
     finally:
@@ -473,7 +500,9 @@ def bench_connections(
 
         sweep = []
         for inflight in cfg.inflight_sweep:
-            result = handshake_storm(gen, proc.pid, url, "sweep", cfg.connects_per_point, inflight)
+            result = handshake_storm(
+                gen, proc.pid, url, "sweep", cfg.connects_per_point, inflight, stack.redis_cpu_s
+            )
             sweep.append(result)
             log(
                 f"  {kind}: {inflight:>3} in flight: {result['connects_per_s']:.0f} connects/s, "

@@ -33,7 +33,7 @@ from loadtests.bench_gateway import (
     stop_server,
     wait_idle,
 )
-from loadtests.bench_report import latency
+from loadtests.bench_report import core_cpu_ms, latency
 from tests.support.processes import Process
 
 Round = dict[str, dict[str, float | None]]
@@ -63,7 +63,13 @@ def paired_handshakes(
             for kind in order:
                 proc, url = servers[kind]
                 result = handshake_storm(
-                    gen, proc.pid, url, "paired", cfg.connects_per_point, cfg.headline_inflight
+                    gen,
+                    proc.pid,
+                    url,
+                    "paired",
+                    cfg.connects_per_point,
+                    cfg.headline_inflight,
+                    stack.redis_cpu_s,
                 )
                 gen.call("close", group="paired", timeout=60)
                 wait_idle([proc.pid])
@@ -72,6 +78,7 @@ def paired_handshakes(
                     "handshake_p50_ms": result["latency_ms"]["p50"],
                     "handshake_p99_ms": result["latency_ms"]["p99"],
                     "cpu_ms_per_connect": result["server_cpu_ms_per_connect"],
+                    "core_cpu_ms_per_connect": core_cpu_ms(result),
                 }
             rounds.append(figures)
             log(f"paired handshakes, round {index + 1}: {_describe(figures, 'cpu_ms_per_connect')}")

@@ -54,6 +54,9 @@ FIGURES = (
     Figure("handshake_p99_ms", "handshake p99, 100 in flight", "ms", False, 150, "< 150", 1),
     Figure("cpu_ms_per_connect", "server CPU per connect", "ms", False, 0.5, "≤ 0.5", 2),
     Figure(
+        "core_cpu_ms_per_connect", "… with Redis's, the core they share", "ms", False, None, "", 3
+    ),
+    Figure(
         "fresh_connects_per_s", "connects/s, first storm on a fresh replica", "/s", True, None, ""
     ),
     Figure("fresh_handshake_p99_ms", "… its handshake p99", "ms", False, None, "", 1),
@@ -104,6 +107,17 @@ def _point(points: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return None
 
 
+def core_cpu_ms(storm: dict[str, Any]) -> float | None:
+    """The server's and Redis's CPU per connect of a storm: Redis shares the server's core.
+
+    ``None`` for storms measured before Redis's CPU was (older results).
+    """
+    redis_us = storm.get("redis_cpu_us_per_connect")
+    if redis_us is None:
+        return None
+    return float(storm["server_cpu_ms_per_connect"]) + redis_us / 1000
+
+
 def headline(result: dict[str, Any], config: dict[str, Any]) -> dict[str, float | None]:
     """The headline figures of one server in one run."""
     sweep = result["connections"]["sweep"]
@@ -116,6 +130,7 @@ def headline(result: dict[str, Any], config: dict[str, Any]) -> dict[str, float 
         figures["handshake_p50_ms"] = at["latency_ms"]["p50"]
         figures["handshake_p99_ms"] = at["latency_ms"]["p99"]
         figures["cpu_ms_per_connect"] = at["server_cpu_ms_per_connect"]
+        figures["core_cpu_ms_per_connect"] = core_cpu_ms(at)
     fresh = result.get("fresh")  # runs before the fresh-replica storm existed have none
     if fresh is not None:
         figures["fresh_connects_per_s"] = fresh["connects_per_s"]
@@ -619,7 +634,10 @@ Pinning: {pinning}.
   server's); every server is first checked with the official `socket.io-client`. Tokens are
   minted with the auth service's key (`loadtests/mint_tokens.py`), one user per connection.
 - **CPU and memory** are read from the server process itself (`/proc/<pid>/stat`, `status`):
-  CPU per connect over the 100-in-flight point; memory per connection is
+  CPU per connect over the 100-in-flight point. Redis runs on the servers' core, so "… with
+  Redis's" adds what a connect cost Redis there (its `INFO cpu`): sockgate's cluster-wide
+  per-user limit is one grouped script call per connect; Node's adapter does no Redis work
+  on a connect. Memory per connection is
   (RSS with {cfg["idle_steps"][-1]:,} idle connections − RSS before) ÷ connections, after a
   warm-up of 200 connects.
 - **Warm and fresh**: the handshake figures at 100 in flight are measured on a replica that

@@ -76,16 +76,20 @@ def worktree(revision: str) -> Iterator[Path]:
 
 
 def storm(
-    side: Side, gen: LoadGenerator, group: str, count: int, inflight: int
+    side: Side, stack: Stack, gen: LoadGenerator, group: str, count: int, inflight: int
 ) -> dict[str, float]:
-    """``count`` connects against ``side`` (left open); rate, p50, p99 and CPU-ms per connect."""
+    """``count`` connects against ``side`` (left open): rate, p50, p99, CPU per connect (the
+    replica's and Redis's)."""
     assert side.proc is not None
-    result = handshake_storm(gen, side.proc.pid, side.url, group, count, inflight)
+    result = handshake_storm(
+        gen, side.proc.pid, side.url, group, count, inflight, stack.redis_cpu_s
+    )
     return {
         "connects_per_s": result["connects_per_s"],
         "p50_ms": result["latency_ms"]["p50"],
         "p99_ms": result["latency_ms"]["p99"],
         "cpu_ms": result["server_cpu_ms_per_connect"],
+        "redis_us": result["redis_cpu_us_per_connect"],
         "not_connected": count - result["connected"],
     }
 
@@ -104,21 +108,21 @@ def compare(args: argparse.Namespace, stack: Stack, gen: LoadGenerator, sides: l
     try:
         for side in sides:
             gen.call("probe", url=side.url, timeout=30)
-            storm(side, gen, f"warm-{side.name}", 300, 50)
+            storm(side, stack, gen, f"warm-{side.name}", 300, 50)
             close(side, gen, f"warm-{side.name}")
         if args.memory:  # first: later storms leave freed memory the RSS still counts
             for side in sides:
                 assert side.proc is not None
                 time.sleep(0.5)
                 before = rss_kb(side.proc.pid)
-                storm(side, gen, f"mem-{side.name}", args.memory, args.inflight)
+                storm(side, stack, gen, f"mem-{side.name}", args.memory, args.inflight)
                 time.sleep(1.0)
                 print(f"{side.name}: {(rss_kb(side.proc.pid) - before) / args.memory:.1f} KB RSS")
                 close(side, gen, f"mem-{side.name}")
         for index in range(args.rounds):
             for side in sides if index % 2 == 0 else sides[::-1]:
                 group = f"{side.name}-{index}"
-                side.rounds.append(storm(side, gen, group, args.count, args.inflight))
+                side.rounds.append(storm(side, stack, gen, group, args.count, args.inflight))
                 close(side, gen, group)
         if args.rounds:
             report(sides, _CONNECT_FIGURES, "cpu_ms", "CPU per connect")
@@ -164,6 +168,7 @@ _CONNECT_FIGURES: Figures = (
     ("p50_ms", "p50 ms", 1),
     ("p99_ms", "p99 ms", 1),
     ("cpu_ms", "CPU-ms per connect", 3),
+    ("redis_us", "Redis CPU-µs per connect", 1),
 )
 _FANOUT_FIGURES: Figures = (
     ("deliveries_per_s", "deliveries/s", 0),

@@ -274,6 +274,27 @@ def test_the_fresh_replica_storm_is_reported_beside_the_warm_one_and_judged_on_n
     assert "| 1,500 | 1,000 | 1.50× |" in row and row.endswith("| — | — |")
 
 
+def test_redis_cpu_is_added_to_the_servers_as_the_core_they_share() -> None:
+    """Per connect: the server's CPU-ms plus Redis's CPU-µs; older storms read as unmeasured."""
+    config = {"headline_inflight": 100, "headline_clients": 1000, "headline_rate": 50_000}
+    storm = _storm(2600, 55, 0.36) | {"redis_cpu_us_per_connect": 12.0}
+    sockgate = headline({"connections": {"sweep": [storm], "memory": []}, "fanout": []}, config)
+    assert sockgate["cpu_ms_per_connect"] == 0.36
+    assert sockgate["core_cpu_ms_per_connect"] == pytest.approx(0.372)
+    node_storm = _storm(2700, 52, 0.36) | {"redis_cpu_us_per_connect": 0.0}
+    node = headline({"connections": {"sweep": [node_storm], "memory": []}, "fanout": []}, config)
+    row = next(
+        line
+        for line in summary_table({"sockgate": sockgate, "node": node}).splitlines()
+        if "with Redis's" in line
+    )
+    assert "| 0.372 | 0.360 | 1.03× |" in row and row.endswith("| — | — |")  # no verdict
+    older = headline(
+        {"connections": {"sweep": [_storm(2600, 55, 0.36)], "memory": []}, "fanout": []}, config
+    )
+    assert older["core_cpu_ms_per_connect"] is None
+
+
 def test_no_alternating_rounds_without_both_servers() -> None:
     """Only sockgate asked for: nothing to alternate with, so nothing is started."""
     cfg = BenchConfig(servers=("sockgate",))
