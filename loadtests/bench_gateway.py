@@ -219,8 +219,8 @@ class Stack:
         return self.redis.process.pid
 
     def redis_cpu_s(self) -> float:
-        """The CPU Redis has used so far, in seconds (its ``INFO cpu``: µs, where ``/proc``
-        counts 10 ms ticks, and a storm costs Redis a few of them)."""
+        """The CPU Redis has used so far, in seconds, from its ``INFO cpu`` (to the µs;
+        ``/proc`` counts 10 ms ticks, and a storm costs Redis only two to four of them)."""
         assert self.redis is not None
         with redis.Redis.from_url(self.redis.url) as client:
             info = client.info("cpu")
