@@ -40,7 +40,7 @@ from services.gateway.presence import Presence
 from services.gateway.presence_store import RedisPresence
 from services.gateway.publish import Publisher
 from services.gateway.quota import RedisQuota, UserQuota
-from services.gateway.redis_batch import ScriptBatch
+from services.gateway.redis_batch import CpuShare, ScriptBatch
 from services.gateway.revocations import Revocations
 from services.gateway.server import NAMESPACE, GatewayServer
 from services.gateway.settings import GatewaySettings
@@ -174,6 +174,8 @@ class Gateway:
                 self.redis,
                 timeout=settings.redis_op_timeout,
                 window=settings.redis_batch_window,
+                busy_window=settings.redis_batch_window_busy,
+                busy=CpuShare(),
                 on_error=self.liveness.failed,
                 expected=lambda: gate.in_flight,  # handshakes in progress
             )

@@ -17,11 +17,16 @@ next batch; a batch whose reused connection turns out dead before any reply is s
 on a new one, as the client's own retry would.
 
 - The first call after a quiet moment waits ``GATEWAY_REDIS_BATCH_WINDOW`` (10 ms; 0 means the
-  rest of the event-loop pass) so the calls of a burst share its batch. The wait ends early
-  once every caller that could still join is in (``expected``: the replica passes its count of
-  handshakes in progress): with few handshakes at a time, all of them soon wait on the batch,
-  no one else can join it before their replies are back, and waiting out the window would only
-  add its 10 ms to every handshake.
+  rest of the event-loop pass) so the calls of a burst share its batch, and
+  ``GATEWAY_REDIS_BATCH_WINDOW_BUSY`` (20 ms) while the replica is busy (``busy``: the replica
+  passes a ``CpuShare``, over half a core over the last 50 ms or more). Then its CPU is what
+  sets the connect rate, and larger batches leave more of it to the handshakes (a storm at
+  100 in flight, 20 ms against 10: 0.85× the CPU per connect, 1.11× the connects/s;
+  docs/benchmarks.md, round 13); a replica with CPU to spare keeps the shorter wait. The wait
+  ends early once every caller that could still join is in (``expected``: the replica passes
+  its count of handshakes in progress): with few handshakes at a time, all of them soon wait
+  on the batch, no one else can join it before their replies are back, and waiting out the
+  window would only add to every handshake.
 - One batch is in flight at a time (one connection): calls made meanwhile form the next
   one, which goes out as soon as the reply is in. Under load, batches grow by themselves
   instead of opening connections; a close storm of 10,000 sockets is a handful of batches.
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +122,40 @@ class _Call:
     op: str
 
 
+class CpuShare:
+    """Whether this process has been busy lately: its CPU time over the wall time that passed,
+    at least ``threshold`` of one core (asyncio runs the replica on one).
+
+    Measured over spans of at least ``span`` seconds, when asked: the last span decides until
+    the next one ends, so a burst after a quiet minute is seen as busy within ``span``.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        span: float = 0.05,
+        *,
+        cpu: Callable[[], float] = time.process_time,
+        wall: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._threshold = threshold
+        self._span = span
+        self._cpu = cpu
+        self._wall = wall
+        self._since = wall()
+        self._cpu_since = cpu()
+        self._busy = False
+
+    def __call__(self) -> bool:
+        now = self._wall()
+        elapsed = now - self._since
+        if elapsed >= self._span:
+            used = self._cpu()
+            self._busy = used - self._cpu_since >= self._threshold * elapsed
+            self._since, self._cpu_since = now, used
+        return self._busy
+
+
 class ScriptBatch:
     """Runs registered scripts one batch at a time on its own connection (see the module doc)."""
 
@@ -125,14 +165,19 @@ class ScriptBatch:
         *,
         timeout: float,
         window: float = 0.0,
+        busy_window: float | None = None,
+        busy: Callable[[], bool] | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
         expected: Callable[[], int] | None = None,
     ) -> None:
+        """``busy_window`` (default: ``window``) replaces ``window`` while ``busy()`` says so."""
         self._redis = redis
         self._timeout = timeout
         self._window = window
+        self._busy_window = window if busy_window is None else busy_window
         self._on_error = on_error
         self._expected = expected
+        self._busy = busy
         self._queue: list[_Call] = []
         self._waiting = 0  # queued calls whose caller waits for the reply
         self._timer: asyncio.TimerHandle | None = None
@@ -181,14 +226,15 @@ class ScriptBatch:
             return
         self._armed = True
         loop = asyncio.get_running_loop()
-        if self._window > 0:
-            self._timer = loop.call_later(self._window, self._fire)
+        window = self._busy_window if self._busy is not None and self._busy() else self._window
+        if window > 0:
+            self._timer = loop.call_later(window, self._fire)
         else:
             loop.call_soon(self._fire)
 
     def _all_in(self) -> bool:
         """Whether every caller ``expected`` counts is already waiting in the queue."""
-        if self._expected is None or self._window <= 0:
+        if self._expected is None or max(self._window, self._busy_window) <= 0:
             return False
         expected = self._expected()
         return expected > 0 and self._waiting >= expected

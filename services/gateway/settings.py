@@ -130,8 +130,17 @@ class GatewaySettings(RedisSettings, JWTVerifySettings, LogSettings):
         description="Seconds the first per-user-limit Redis call after a quiet moment waits "
         "for others to share its batch (0: the rest of the event-loop pass), or less: once "
         "every handshake in progress waits on it, it goes at once. Each batch costs the replica "
-        "a round trip's work; under a connection storm fewer, larger batches save CPU (10 ms "
-        "against 5: ~6 % of a connect's CPU; docs/operations.md).",
+        "a round trip's work; under a connection storm fewer, larger batches save CPU "
+        "(docs/operations.md).",
+    )
+    redis_batch_window_busy: float = Field(
+        0.020,
+        ge=0,
+        le=0.05,
+        description="The same wait while the replica is busy (over half a core lately), when "
+        "its CPU sets the connect rate: 20 ms against 10 took 0.85x the CPU per connect in a "
+        "storm (docs/operations.md). Set it to GATEWAY_REDIS_BATCH_WINDOW to wait the same "
+        "at any load.",
     )
     revocation_retention: float = Field(
         86400.0,

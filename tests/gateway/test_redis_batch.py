@@ -18,6 +18,7 @@ from services.gateway.redis_batch import (
     MAX_BATCH,
     MAX_GROUP,
     BatchScript,
+    CpuShare,
     ScriptBatch,
 )
 from services.gateway.settings import GatewaySettings
@@ -311,6 +312,56 @@ async def test_posted_calls_and_missing_callers_keep_the_window(
     started = loop.time()
     await idle.run(script, ["batch-test:3"], ["no handshakes"])
     assert loop.time() - started >= 0.25  # nothing in progress to wait for: the window
+
+
+async def test_a_busy_replica_waits_the_busy_window_and_a_quiet_one_the_short_one(
+    redis: Redis, batches: Callable[..., ScriptBatch]
+) -> None:
+    """``busy`` picks the window at the first call of each batch."""
+    busy = False
+    batch = batches(redis, timeout=5, window=0.02, busy_window=0.4, busy=lambda: busy)
+    script = BatchScript(redis, _ECHO)
+    loop = asyncio.get_running_loop()
+
+    async def one_batch(i: int) -> float:
+        started = loop.time()
+        await batch.run(script, [f"batch-test:{i}"], ["x"])
+        return loop.time() - started
+
+    assert await one_batch(1) < 0.3  # quiet: the 20 ms window
+    busy = True
+    assert await one_batch(2) >= 0.35  # busy: the 400 ms one
+    busy = False
+    assert await one_batch(3) < 0.3
+    assert batch.batches == 3
+
+    # The early end holds whichever window applies: every expected caller in, it goes.
+    busy = True
+    eager = batches(redis, timeout=5, busy_window=30, busy=lambda: busy, expected=lambda: 1)
+    async with asyncio.timeout(5):  # a 30 s window, ended by the one expected caller
+        assert await eager.run(script, ["batch-test:4"], ["y"]) == ["batch-test:4", "y"]
+
+
+def test_cpu_share_says_busy_from_the_last_span_of_cpu_over_wall_time() -> None:
+    clock = {"cpu": 10.0, "wall": 100.0}
+    share = CpuShare(threshold=0.5, span=0.05, cpu=lambda: clock["cpu"], wall=lambda: clock["wall"])
+    assert not share()  # nothing measured yet
+
+    clock["wall"] += 60.0  # a quiet minute, then a burst: quiet over the span that ended
+    clock["cpu"] += 0.5
+    assert not share()
+    clock["wall"] += 0.02  # within the next span: the last decision holds
+    clock["cpu"] += 0.02
+    assert not share()
+    clock["wall"] += 0.04  # that span done: 0.05 s of CPU in 0.06 s
+    clock["cpu"] += 0.03
+    assert share()
+    clock["wall"] += 0.1  # a tenth of a core over the next span: quiet again
+    clock["cpu"] += 0.01
+    assert not share()
+    clock["wall"] += 0.1  # over half a core: busy
+    clock["cpu"] += 0.06
+    assert share()
 
 
 async def _batch_connections(redis: Redis) -> list[dict[str, Any]]:
