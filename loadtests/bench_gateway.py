@@ -376,16 +376,16 @@ def handshake_storm(
     group: str,
     count: int,
     inflight: int,
-    redis_cpu: Callable[[], float] | None = None,
+    redis_cpu: Callable[[], float],
 ) -> dict[str, Any]:
     """``count`` connects to ``url`` at ``inflight`` in flight, left open in ``group``.
 
-    The load generator's figures, with the server's CPU per connect read from ``pid`` and,
-    given ``redis_cpu`` (``Stack.redis_cpu_s``), Redis's: it runs on the server's core, so
-    what a connect costs it there is the core's too (sockgate's cluster-wide per-user limit).
+    The load generator's figures, with the server's CPU per connect read from ``pid`` and
+    Redis's from ``redis_cpu`` (``Stack.redis_cpu_s``): it runs on the server's core, so what
+    a connect costs it there is the core's too (sockgate's cluster-wide per-user limit).
     """
     wait_idle([pid])
-    redis_before = redis_cpu() if redis_cpu is not None else 0.0
+    redis_before = redis_cpu()
     before = cpu_ms(pid)
     result = gen.call(
         "connect", group=group, urls=[url], count=count, inflight=inflight, timeout=300
@@ -394,8 +394,7 @@ def handshake_storm(
     connected = max(1, result["connected"])
     result["inflight"] = inflight
     result["server_cpu_ms_per_connect"] = used / connected
-    if redis_cpu is not None:
-        result["redis_cpu_us_per_connect"] = (redis_cpu() - redis_before) * 1e6 / connected
+    result["redis_cpu_us_per_connect"] = (redis_cpu() - redis_before) * 1e6 / connected
     return result
 
 

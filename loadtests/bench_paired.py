@@ -54,7 +54,13 @@ def paired_handshakes(
             gen.call("probe", url=url, timeout=30)
             for _ in range(WARM_STORMS):
                 handshake_storm(
-                    gen, proc.pid, url, "paired-warm", cfg.connects_per_point, cfg.headline_inflight
+                    gen,
+                    proc.pid,
+                    url,
+                    "paired-warm",
+                    cfg.connects_per_point,
+                    cfg.headline_inflight,
+                    stack.redis_cpu_s,
                 )
                 gen.call("close", group="paired-warm", timeout=60)
         for index in range(cfg.paired_rounds):

@@ -115,7 +115,7 @@ def core_cpu_ms(storm: dict[str, Any]) -> float | None:
     redis_us = storm.get("redis_cpu_us_per_connect")
     if redis_us is None:
         return None
-    return float(storm["server_cpu_ms_per_connect"]) + redis_us / 1000
+    return float(storm["server_cpu_ms_per_connect"]) + float(redis_us) / 1000
 
 
 def headline(result: dict[str, Any], config: dict[str, Any]) -> dict[str, float | None]:
